@@ -1,0 +1,3 @@
+from p2bot_utils.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""``python -m p2bot_utils COMMAND ...``: one entry point for every command-line tool of the project.
+
+Each command lives next to its logic; this table only names where. A command module exposes
+``main(argv: list[str]) -> int``. Errors the user can fix end in one line on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    # name: (module, function, one-line help)
+    "data-stats": ("p2bot_utils.data", "stats_main", "per-file episode / turn / utterance / persona-group counts"),
+    "bench": ("p2bot_utils.bench", "main", "speed benchmarks: bench transmitter | bench selfplay"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help"}:
+        print("usage: python -m p2bot_utils COMMAND [ARGS]\n\ncommands:")
+        for name, (_, _, help_) in sorted(COMMANDS.items()):
+            print(f"  {name:<24}{help_}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"p2bot_utils: unknown command {name!r}; run with --help for the list", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)

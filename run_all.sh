@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The main job: bootstrap the environment if needed, then run every notebook in numeric order with papermill.
+#   ./run_all.sh [--profile smoke|demo|paper] [--only NN]
+# Executed copies go to build/notebooks/<profile>/; tables to results/<profile>/, figures to figures/<profile>/.
+set -euo pipefail
+cd "$(dirname "$0")"
+PROFILE=demo
+ONLY=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) PROFILE="${2:?--profile needs smoke, demo or paper}"; shift 2 ;;
+        --profile=*) PROFILE="${1#*=}"; shift ;;
+        --only) ONLY="${2:?--only needs a notebook number, e.g. 01}"; shift 2 ;;
+        --only=*) ONLY="${1#*=}"; shift ;;
+        -h|--help) sed -n '2,4p' "$0"; exit 0 ;;
+        *) echo "run_all.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+done
+PARAMS="configs/$PROFILE.yaml"
+[ -f "$PARAMS" ] || { echo "run_all.sh: no profile '$PROFILE' ($PARAMS missing; profiles: smoke, demo, paper)" >&2; exit 2; }
+
+source scripts/bootstrap.sh
+
+OUTDIR="build/notebooks/$PROFILE"
+mkdir -p "$OUTDIR"
+shopt -s nullglob
+notebooks=(notebooks/[0-9][0-9]_*.ipynb)
+[ ${#notebooks[@]} -gt 0 ] || { echo "run_all.sh: no notebooks under notebooks/" >&2; exit 1; }
+ran=0
+for nb in "${notebooks[@]}"; do
+    name="$(basename "$nb")"
+    if [ -n "$ONLY" ] && [[ "$name" != "$ONLY"* ]]; then continue; fi
+    echo "=== [$PROFILE] $name ==="
+    start=$SECONDS
+    if ! papermill "$nb" "$OUTDIR/$name" -f "$PARAMS" --cwd notebooks --log-output --no-progress-bar -k python3; then
+        echo "run_all.sh: FAILED in $nb (profile $PROFILE); the executed copy with the error is $OUTDIR/$name" >&2
+        exit 1
+    fi
+    echo "=== $name done in $((SECONDS - start)) s ==="
+    ran=$((ran + 1))
+done
+[ "$ran" -gt 0 ] || { echo "run_all.sh: --only $ONLY matched no notebook" >&2; exit 2; }
+echo "run_all.sh: $ran notebook(s) ran with profile $PROFILE; executed copies in $OUTDIR/"

@@ -1,0 +1,105 @@
+"""The house rules as tests: environment files agree, notebooks are committed clean, profiles are complete."""
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from p2bot_utils import profile
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_parses_and_lists_the_same_dependencies_as_pyproject():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    deps = env["dependencies"]
+    assert "python=3.11" in deps
+    pip_section = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    conda_reqs = {r for r in pip_section if not r.startswith("-e")}
+    assert conda_reqs == set(pyproject["project"]["dependencies"])
+
+
+def test_notebooks_are_committed_without_outputs():
+    notebooks = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert notebooks, "no notebooks found"
+    for nb in notebooks:
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        dirty = [i for i, c in enumerate(cells) if c["cell_type"] == "code" and (c.get("outputs") or c.get("execution_count"))]
+        assert not dirty, f"{nb.name}: cells {dirty} have outputs; strip them (executed copies belong in build/)"
+
+
+def test_every_notebook_has_one_parameters_cell():
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+        assert len(tagged) == 1, f"{nb.name}: {len(tagged)} cells tagged 'parameters', want exactly 1"
+
+
+def test_profiles_define_the_same_keys():
+    keys = {p: set(profile.load_params(p)) for p in profile.PROFILES}
+    assert keys["smoke"] == keys["demo"] == keys["paper"], {p: keys["smoke"] ^ k for p, k in keys.items()}
+    for p in profile.PROFILES:
+        assert profile.load_params(p)["profile"] == p
+
+
+def test_notebook_parameters_exist_in_every_profile():
+    """A key a notebook's parameters cell declares must be set by every profile (no silent smoke default)."""
+    smoke = set(profile.load_params("smoke"))
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        src = "".join(next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))["source"])
+        declared = set(re.findall(r"^([A-Za-z_]\w*)\s*(?::[^=]*)?=", src, flags=re.M))
+        assert declared <= smoke, f"{nb.name}: parameters missing from configs/*.yaml: {sorted(declared - smoke)}"
+
+
+def test_unknown_profile_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="no such profile"):
+        profile.load_params("nonexistent")
+
+
+def test_output_dirs_keep_sample_runs_apart(tmp_path):
+    res, fig = profile.output_dirs("demo", "real", root=tmp_path)
+    assert res == tmp_path / "results" / "demo" and fig == tmp_path / "figures" / "demo"
+    res, fig = profile.output_dirs("demo", "sample", root=tmp_path)
+    assert res.name == "demo-sample" and fig.name == "demo-sample" and res.is_dir()
+
+
+def test_atomic_write_leaves_nothing_half_written(tmp_path):
+    target = tmp_path / "a" / "x.json"
+    profile.atomic_write_json(target, {"b": 1})
+    assert json.loads(target.read_text()) == {"b": 1}
+
+    class Boom:
+        def __str__(self):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        profile.atomic_write_json(target, {"b": Boom()})
+    assert json.loads(target.read_text()) == {"b": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["x.json"]
+
+
+def test_manifest_records_commit_params_and_wall_time(tmp_path):
+    profile.update_manifest(tmp_path, "00_data", {"profile": "smoke"}, 1.234, data_source="sample")
+    profile.update_manifest(tmp_path, "01_transmitter_mle", {"profile": "smoke"}, 2.0)
+    m = json.loads((tmp_path / "manifest.json").read_text())
+    assert set(m["notebooks"]) == {"00_data", "01_transmitter_mle"}
+    entry = m["notebooks"]["00_data"]
+    assert entry["wall_time_s"] == 1.2 and entry["data_source"] == "sample"
+    assert entry["params"] == {"profile": "smoke"} and entry["commit"] and "torch" in entry["machine"]
+
+
+def test_write_table_writes_csv_and_markdown(tmp_path):
+    pd = pytest.importorskip("pandas")
+    csv, md = profile.write_table(pd.DataFrame({"system": ["a"], "hits@1": [12.345]}), tmp_path / "t")
+    assert csv.read_text().splitlines() == ["system,hits@1", "a,12.345"]
+    assert "12.35" in md.read_text()
