@@ -12,6 +12,11 @@ COMMANDS = {
     # name: (module, function, one-line help)
     "data-stats": ("p2bot_utils.data", "stats_main", "per-file episode / turn / utterance / persona-group counts"),
     "bench": ("p2bot_utils.bench", "main", "speed benchmarks: bench transmitter | bench selfplay"),
+    "train-transmitter": ("p2bot_utils.transmitter_train", "train_main", "train a Transmitter variant (Eq. 1 + NUP): --config PROFILE [--variant]"),
+    "evaluate-transmitter": ("p2bot_utils.transmitter_eval", "evaluate_main", "Hits@1 / ppl / F1 / BLEU of a Transmitter: --model DIR --data-dir DIR --mode"),
+    "train-receiver": ("p2bot_utils.receiver", "main", "train the Receiver (Eq. 12) on dialogue sides: --out DIR"),
+    "probe": ("p2bot_utils.probing", "main", "Table 5 persona probing: --receiver DIR|zero-shot:NAME|none --mode"),
+    "human-eval": ("p2bot_utils.human_eval", "main", "Table 2 from filled rating sheets: --key KEY SHEET..."),
 }
 
 

@@ -1,0 +1,442 @@
+"""The Transmitter (paper Sec. 3.1, Eq. 1-3): input layout, causal LM + next-utterance head, scoring, decoding.
+
+One sequence per (persona, history, reply), built by ``build_inputs`` from token ids::
+
+    <persona> p_1 ... p_k  <partner> x_1  <self> a_1  ...  <partner> x_n  <self> y_1 ... y_m  <clf>
+
+Segments are told apart by marker tokens (no ``token_type_ids``), so any causal LM works, Llama-style ones
+included. ``<clf>`` ends the reply (the LM learns to emit it, so it doubles as the end-of-reply token) and its
+final hidden state feeds the next-utterance prediction (NUP) head: p(y=1 | context, reply) = sigmoid(w·h).
+Training code (examples, collate, loss) lives in ``transmitter_train``; evaluation in ``transmitter_eval``.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SPECIAL_TOKENS = {"persona": "<persona>", "self": "<self>", "partner": "<partner>", "clf": "<clf>"}
+SILENCE = "__SILENCE__"  # ConvAI2's placeholder partner utterance when the own speaker opens: dropped
+HEAD_FILE, CONFIG_FILE = "nup_head.safetensors", "transmitter_config.json"
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """Token ids of the layout's markers and of padding."""
+
+    persona: int
+    self_: int
+    partner: int
+    clf: int
+    pad: int
+
+
+# --- Layout --------------------------------------------------------------------------------------------
+def build_inputs(persona: Sequence[Sequence[int]], history: Sequence[Sequence[int]],
+                 reply: Sequence[int] | None, ids: SpecialIds, *, max_len: int = 256,
+                 max_reply_tokens: int = 32, use_persona: bool = True) -> dict:
+    """The Transmitter's input layout for one example (pure function on token ids).
+
+    ``history`` is oldest first and ends with the partner's last utterance (speakers alternate backwards
+    from there); ``reply=None`` gives a generation prompt ending in ``<self>``. The reply is capped at
+    ``max_reply_tokens`` and followed by ``<clf>``. Over ``max_len``, the OLDEST history utterances go
+    first (room for a full-length reply is always kept, so a context is laid out the same way whether its
+    reply is known or about to be generated); the persona is never dropped (``use_persona=False`` is
+    Table 3's −Persona: no persona at all).
+    Returns ``input_ids``, ``labels`` (-100 except reply tokens and ``<clf>``: Eq. 1's targets),
+    ``clf_index`` (position of ``<clf>``, -1 without reply) and ``reply_start``.
+    """
+    pers = [ids.persona, *[t for s in persona for t in s]] if use_persona and persona else []
+    tail = [ids.self_] + ([*reply[:max_reply_tokens], ids.clf] if reply is not None else [])
+    turns = [[ids.partner if (len(history) - i) % 2 == 1 else ids.self_, *u] for i, u in enumerate(history)]
+    budget = max_len - len(pers) - (max_reply_tokens + 2)  # room for the longest reply, known or not
+    if budget < 0:
+        raise ValueError(f"transmitter.build_inputs: persona ({len(pers)} tokens) + reply ({max_reply_tokens + 2}) "
+                         f"exceed max_len={max_len}; raise max_len")
+    while turns and sum(map(len, turns)) > budget:
+        if len(turns) == 1:  # the partner's last utterance alone is too long: keep its end
+            turns[0] = [turns[0][0], *turns[0][len(turns[0]) - budget + 1:]] if budget > 1 else []
+            turns = [t for t in turns if t]
+            break
+        turns.pop(0)
+    context = pers + [t for u in turns for t in u]
+    input_ids = context + tail
+    n_ctx = len(context) + 1  # up to and including <self>
+    labels = [-100] * n_ctx + input_ids[n_ctx:]
+    clf_index = len(input_ids) - 1 if reply is not None else -1
+    return {"input_ids": input_ids, "labels": labels, "clf_index": clf_index, "reply_start": n_ctx}
+
+
+def encode_texts(tokenizer, persona: Sequence[str], history: Sequence[str], reply: str | None = None):
+    """Tokenise persona sentences, history utterances (``__SILENCE__`` dropped) and the reply, no specials."""
+    enc = lambda text: tokenizer.encode(text, add_special_tokens=False)  # noqa: E731
+    hist = [enc(u) for u in history if u.strip() and u.strip() != SILENCE]
+    return [enc(s) for s in persona], hist, (None if reply is None else enc(reply))
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad: int, side: str = "right", label_seqs=None):
+    """Pad id lists to ``(B, T)``; returns ``input_ids``, ``attention_mask``, ``position_ids`` (counting only
+    real tokens, so left padding keeps positions right), ``labels`` (when given) and ``offsets`` (B,) (how
+    far each row was shifted right by left padding)."""
+    if side not in ("left", "right"):
+        raise ValueError(f"transmitter.pad_batch: side must be 'left' or 'right', got {side!r}")
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    labels = torch.full((len(seqs), T), -100, dtype=torch.long) if label_seqs is not None else None
+    offsets = torch.zeros(len(seqs), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        lo = T - len(s) if side == "left" else 0
+        ids[i, lo:lo + len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, lo:lo + len(s)] = 1
+        offsets[i] = lo
+        if labels is not None:
+            labels[i, lo:lo + len(s)] = torch.tensor(label_seqs[i], dtype=torch.long)
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = {"input_ids": ids, "attention_mask": mask, "position_ids": pos, "offsets": offsets}
+    if labels is not None:
+        out["labels"] = labels
+    return out
+
+
+# --- Model ---------------------------------------------------------------------------------------------
+@dataclass
+class TransmitterConfig:
+    """Layout settings and variant switches; saved next to the weights (``transmitter_config.json``)."""
+
+    backbone: str = ""
+    use_nup_head: bool = True     # False = Table 3's −Next (no head, no NUP loss; rank by LM likelihood)
+    use_persona: bool = True      # False = Table 3's −Persona
+    max_len: int = 256            # tokens of context + reply; oldest history turns are dropped first
+    max_reply_tokens: int = 32    # the paper decodes up to 32 tokens
+    head_dropout: float = 0.1
+    special_tokens: dict = field(default_factory=lambda: dict(SPECIAL_TOKENS))
+
+
+class Transmitter(nn.Module):
+    """A causal LM backbone plus the NUP head (a linear map of the ``<clf>`` token's final hidden state)."""
+
+    def __init__(self, lm, tokenizer, config: TransmitterConfig):
+        super().__init__()
+        self.lm, self.tokenizer, self.config = lm, tokenizer, config
+        hidden = lm.config.get_text_config().hidden_size
+        self.head = nn.Sequential(nn.Dropout(config.head_dropout), nn.Linear(hidden, 1)) \
+            if config.use_nup_head else None
+        missing = [t for t in config.special_tokens.values() if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"transmitter: tokenizer lacks the layout tokens {missing}; build with from_backbone")
+        tid = tokenizer.convert_tokens_to_ids
+        st = config.special_tokens
+        self.ids = SpecialIds(tid(st["persona"]), tid(st["self"]), tid(st["partner"]), tid(st["clf"]),
+                              tokenizer.pad_token_id)
+
+    @classmethod
+    def from_backbone(cls, lm, tokenizer, config: TransmitterConfig | None = None, seed: int = 0):
+        """Add the layout's special tokens to ``tokenizer``, resize ``lm``'s embeddings, add a fresh head."""
+        config = config or TransmitterConfig()
+        config.backbone = config.backbone or getattr(lm.config, "p2bot_backbone", lm.config.name_or_path)
+        tokenizer.add_tokens(list(config.special_tokens.values()), special_tokens=True)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            lm.resize_token_embeddings(len(tokenizer))
+            model = cls(lm, tokenizer, config)
+            if model.head is not None:
+                nn.init.normal_(model.head[1].weight, std=0.02)
+                nn.init.zeros_(model.head[1].bias)
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def hidden(self, input_ids, attention_mask, position_ids=None, cache=None, use_cache=False):
+        """Final hidden states (B, T, H) of the backbone (after its last norm) and its KV cache."""
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, -input_ids.shape[1]:]
+        kw = dict(cache=cache, use_cache=use_cache or cache is not None) if self.supports_cache else {}
+        out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kw)
+        return out.last_hidden_state, getattr(out, "cache", None)
+
+    @property
+    def supports_cache(self) -> bool:
+        """Whether the backbone keeps a KV cache (GPT-2, Llama: yes; openai-gpt: no, callers recompute)."""
+        import inspect
+
+        return "cache" in inspect.signature(self.lm.base_model.forward).parameters
+
+    def lm_logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.lm.get_output_embeddings()(h)  # (..., V)
+
+    def nup_logit(self, h: torch.Tensor, clf_index: torch.Tensor) -> torch.Tensor:
+        """Logit of p(y=1) from the hidden state at ``<clf>``: (B, T, H), (B,) -> (B,)."""
+        if self.head is None:
+            raise ValueError("transmitter: this model has no NUP head (variant −Next)")
+        h_clf = h[torch.arange(h.shape[0], device=h.device), clf_index]  # (B, H)
+        return self.head(h_clf).squeeze(-1).float()
+
+    def forward(self, input_ids, attention_mask, position_ids=None, labels=None, clf_index=None):
+        """``lm_logits`` (M, V) and ``lm_targets`` (M,) at the M labelled positions only (the LM head over
+        the whole vocabulary is computed where Eq. 1 needs it), and ``nup_logits`` (B,) when asked."""
+        h, _ = self.hidden(input_ids, attention_mask, position_ids)  # (B, T, H)
+        out = {}
+        if labels is not None:
+            sel = labels[:, 1:] != -100  # (B, T-1): position t predicts token t+1
+            out["lm_logits"] = self.lm_logits(h[:, :-1][sel]).float()  # (M, V)
+            out["lm_targets"] = labels[:, 1:][sel]  # (M,)
+            out["lm_rows"] = sel.nonzero()[:, 0]  # (M,) which example each target belongs to
+        if clf_index is not None and self.head is not None:
+            out["nup_logits"] = self.nup_logit(h, clf_index)
+        return out
+
+    # --- one folder: backbone + tokenizer + head + layout settings (safetensors, no pickles) ---
+    def save_pretrained(self, out_dir) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(out)
+        self.tokenizer.save_pretrained(out)
+        if self.head is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                      str(out / HEAD_FILE))
+        (out / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, model_dir, dtype=torch.float32) -> "Transmitter":
+        from safetensors.torch import load_file
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        d = Path(model_dir)
+        if not (d / CONFIG_FILE).is_file():
+            raise FileNotFoundError(f"transmitter: {d / CONFIG_FILE} missing; {d} is not a saved Transmitter")
+        config = TransmitterConfig(**json.loads((d / CONFIG_FILE).read_text(encoding="utf-8")))
+        lm = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
+        model = cls(lm, AutoTokenizer.from_pretrained(d), config)
+        if model.head is not None:
+            model.head.load_state_dict(load_file(str(d / HEAD_FILE)))
+        return model.eval()
+
+
+# --- Batched scoring -----------------------------------------------------------------------------------
+def layout_batch(model: Transmitter, personas, histories, replies=None, side="right", reply_ids=None):
+    """Tokenise and lay out B examples (texts, or ``reply_ids`` already tokenised) and pad them."""
+    c = model.config
+    rows = []
+    for i, (p, h) in enumerate(zip(personas, histories)):
+        r = None if replies is None else replies[i]
+        pi, hi, ri = encode_texts(model.tokenizer, p, h, r)
+        if reply_ids is not None:
+            ri = [t for t in reply_ids[i] if t != model.ids.clf]
+        rows.append(build_inputs(pi, hi, ri, model.ids, max_len=c.max_len, max_reply_tokens=c.max_reply_tokens,
+                                 use_persona=c.use_persona))
+    batch = pad_batch([r["input_ids"] for r in rows], model.ids.pad, side, [r["labels"] for r in rows])
+    batch["clf_index"] = torch.tensor([r["clf_index"] for r in rows]) + batch["offsets"]
+    return {k: v.to(model.device) for k, v in batch.items()}
+
+
+def score_replies(model: Transmitter, personas, histories, replies=None, reply_ids=None):
+    """Per example: summed reply log-likelihood (reply tokens + ``<clf>``), token count, and the NUP logit
+    (None for −Next). One full forward per (context, reply) pair; gradients flow if enabled."""
+    b = layout_batch(model, personas, histories, replies, reply_ids=reply_ids)
+    out = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"], b["clf_index"])
+    tok_lp = -F.cross_entropy(out["lm_logits"], out["lm_targets"], reduction="none")  # (M,)
+    n = len(personas)
+    lm_sum = torch.zeros(n, device=tok_lp.device).index_add(0, out["lm_rows"], tok_lp)
+    n_tok = torch.bincount(out["lm_rows"], minlength=n)
+    return lm_sum, n_tok, out.get("nup_logits")
+
+
+def lm_log_likelihood(model, personas, histories, replies, length_normalised: bool = True,
+                      tokenizer=None) -> torch.Tensor:
+    """(1/|y|) log p(y | context) (Eq. 2) per example, (B,). A plain ``AutoModelForCausalLM`` (give its
+    ``tokenizer``) scores the reply after its bos/eos token, ignoring persona and history."""
+    if isinstance(model, Transmitter):
+        lm_sum, n_tok, _ = score_replies(model, personas, histories, replies)
+    else:
+        if tokenizer is None:
+            raise ValueError("transmitter.lm_log_likelihood: a plain causal LM needs its tokenizer=")
+        lm_sum, n_tok = _plain_lm_scores(model, tokenizer, replies)
+    return lm_sum / n_tok.clamp(min=1) if length_normalised else lm_sum
+
+
+def _plain_lm_scores(lm, tokenizer, replies):
+    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    seqs = [[start] + tokenizer.encode(r, add_special_tokens=False) for r in replies]
+    b = pad_batch(seqs, tokenizer.pad_token_id, "right", [[-100] + s[1:] for s in seqs])
+    dev = next(lm.parameters()).device
+    logits = lm(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits[:, :-1]
+    labels = b["labels"][:, 1:].to(dev)
+    lp = -F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, T-1)
+    keep = labels != -100
+    return (lp * keep).sum(-1), keep.sum(-1)
+
+
+def nup_log_prob(model: Transmitter, personas, histories, replies) -> torch.Tensor:
+    """log p(y=1 | persona, history, reply) from the NUP head, (B,) (reward R2, Eq. 7)."""
+    _, _, logit = score_replies(model, personas, histories, replies)
+    if logit is None:
+        raise ValueError("transmitter.nup_log_prob: the model has no NUP head (variant −Next)")
+    return F.logsigmoid(logit)
+
+
+def eq3_scores(lm_norm: torch.Tensor, nup_logp: torch.Tensor | None, alpha: float) -> torch.Tensor:
+    """Eq. 3: alpha · (1/|y|) log p(y|s) + (1 − alpha) · log p(y=1|s, y); alpha = 1 (or no head) is Eq. 2."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"transmitter.eq3_scores: alpha must be in [0, 1], got {alpha}")
+    if nup_logp is None or alpha == 1.0:
+        return lm_norm
+    return alpha * lm_norm + (1.0 - alpha) * nup_logp
+
+
+# --- Decoding ------------------------------------------------------------------------------------------
+def banned_ids(model: Transmitter) -> list[int]:
+    """Tokens a reply may never contain: the layout's markers and padding (``<clf>`` ends the reply)."""
+    return sorted({model.ids.persona, model.ids.self_, model.ids.partner, model.ids.pad} - {model.ids.clf})
+
+
+def _split_reply(model: Transmitter, seq: Sequence[int]) -> list[int]:
+    """Generated ids up to and including the first ``<clf>`` (padding after it dropped)."""
+    out = []
+    for t in map(int, seq):
+        if t == model.ids.pad and t != model.ids.clf:
+            continue
+        out.append(t)
+        if t == model.ids.clf:
+            break
+    return out
+
+
+def _decode(model: Transmitter, ids: Sequence[int]) -> str:
+    return model.tokenizer.decode([t for t in ids if t != model.ids.clf], skip_special_tokens=True).strip()
+
+
+def beam_candidates(model: Transmitter, personas, histories, num_beams: int = 2, max_new_tokens: int = 32):
+    """Every beam of a beam search through ``generate()``: B lists of ``num_beams`` reply id lists."""
+    from transformers import GenerationConfig
+
+    b = layout_batch(model, personas, histories, None, side="left")
+    cfg = GenerationConfig(num_beams=num_beams, num_return_sequences=num_beams, do_sample=False,
+                           max_new_tokens=max_new_tokens, min_new_tokens=1, eos_token_id=model.ids.clf,
+                           pad_token_id=model.ids.pad, suppress_tokens=banned_ids(model), early_stopping=True,
+                           length_penalty=1.0)
+    gen = model.lm.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], generation_config=cfg)
+    new = gen[:, b["input_ids"].shape[1]:].tolist()  # (B*K, L)
+    return [[_split_reply(model, new[i * num_beams + k]) for k in range(num_beams)] for i in range(len(personas))]
+
+
+@torch.no_grad()
+def generate_replies(model: Transmitter, personas, histories, *, num_beams: int = 2, max_new_tokens: int = 32,
+                     alpha: float = 0.1, batch_size: int = 16, return_beams: bool = False,
+                     show_progress: bool = False):
+    """Beam search (size 2, up to 32 tokens), every beam re-scored, the reply chosen by Eq. 3:
+    alpha · (1/|y|) log p(y|s) + (1 − alpha) · log p(y=1|s, y) (alpha = 1, or −Next, gives Eq. 2).
+    Returns texts; with ``return_beams`` dicts holding every beam with its two scores."""
+    from tqdm.auto import trange
+
+    out = []
+    for lo in trange(0, len(personas), batch_size, disable=not show_progress, desc="generate", leave=False):
+        P, H = personas[lo:lo + batch_size], histories[lo:lo + batch_size]
+        beams = beam_candidates(model, P, H, num_beams, max_new_tokens)
+        K = num_beams
+        flat = [r for bs in beams for r in bs]
+        lm_sum, n_tok, logit = score_replies(model, [p for p in P for _ in range(K)],
+                                             [h for h in H for _ in range(K)], reply_ids=flat)
+        lm_norm = (lm_sum / n_tok.clamp(min=1)).view(-1, K)  # (B, K)
+        nup = None if logit is None else F.logsigmoid(logit).view(-1, K)
+        best = eq3_scores(lm_norm, nup, alpha).argmax(-1).tolist()
+        for i, bs in enumerate(beams):
+            text = _decode(model, bs[best[i]])
+            if not return_beams:
+                out.append(text)
+                continue
+            out.append({"reply": text, "beams": [_decode(model, r) for r in bs], "lm_norm": lm_norm[i].tolist(),
+                        "nup_logp": None if nup is None else nup[i].tolist(), "chosen": best[i]})
+    return out
+
+
+def sampling_log_probs(logits: torch.Tensor, temperature: float, top_k: int, banned: Sequence[int],
+                       first: torch.Tensor, clf: int) -> torch.Tensor:
+    """log of the distribution actually sampled from, (N, V): logits / temperature, markers banned, ``<clf>``
+    banned on a reply's first token (``first`` (N,) bool: no empty replies), optional top-k."""
+    if temperature <= 0:
+        raise ValueError(f"transmitter: temperature must be > 0, got {temperature}")
+    logits = logits.float() / temperature  # (N, V)
+    ban = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    ban[list(banned)] = True
+    ban = ban.expand_as(logits).clone()
+    ban[:, clf] |= first
+    logits = logits.masked_fill(ban, float("-inf"))
+    if top_k and top_k > 0:
+        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (N, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return logits.log_softmax(-1)
+
+
+@dataclass
+class SampledReplies:
+    """Sampled replies: texts, token ids (ending with ``<clf>`` when the reply finished) and the per-token
+    log-probs (no grad) of the distribution actually sampled from."""
+
+    texts: list
+    token_ids: list
+    log_probs: list
+
+
+@torch.no_grad()
+def sample_replies(model: Transmitter, personas, histories, max_new_tokens: int = 32, temperature: float = 1.0,
+                   top_k: int = 0, generator: torch.Generator | None = None) -> SampledReplies:
+    """Multinomial sampling for self-play (batched, KV cache). Run in ``eval()`` mode so that
+    ``sequence_log_probs`` (same mode) recomputes exactly these log-probs with gradient."""
+    if max_new_tokens > model.config.max_reply_tokens:
+        raise ValueError(f"transmitter.sample_replies: max_new_tokens={max_new_tokens} exceeds the layout's "
+                         f"max_reply_tokens={model.config.max_reply_tokens}")
+    b = layout_batch(model, personas, histories, None, side="left")
+    mask, clf, pad = b["attention_mask"], model.ids.clf, model.ids.pad
+    ids, h, cache = b["input_ids"], *model.hidden(b["input_ids"], mask, b["position_ids"], use_cache=True)
+    pos = b["position_ids"][:, -1:]  # (B, 1)
+    done = torch.zeros(len(personas), dtype=torch.bool, device=mask.device)
+    toks, lps, banned = [], [], banned_ids(model)
+    for step in range(max_new_tokens):
+        logp = sampling_log_probs(model.lm_logits(h[:, -1]), temperature, top_k, banned,
+                                  torch.full_like(done, step == 0), clf)  # (B, V)
+        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1).masked_fill(done, pad)  # (B,)
+        toks.append(tok)
+        lps.append(logp.gather(-1, tok[:, None]).squeeze(-1))
+        done = done | (tok == clf)
+        if bool(done.all()):
+            break
+        mask, pos = torch.cat([mask, torch.ones_like(mask[:, :1])], -1), pos + 1
+        ids = torch.cat([ids, tok[:, None]], -1)  # (B, T + step + 1), for backbones without a KV cache
+        h, cache = model.hidden(tok[:, None], mask, pos, cache) if cache is not None else model.hidden(ids, mask)
+    T, L = torch.stack(toks, 1).tolist(), torch.stack(lps, 1)  # (B, S)
+    ids = [_split_reply(model, row) for row in T]
+    return SampledReplies([_decode(model, r) for r in ids], ids, [L[i, :len(r)] for i, r in enumerate(ids)])
+
+
+def sequence_log_probs(model: Transmitter, personas, histories, reply_ids, temperature: float = 1.0,
+                       top_k: int = 0) -> list:
+    """Per-token log-probs (WITH gradient) of given replies (e.g. ``SampledReplies.token_ids``) under the
+    same sampling distribution as ``sample_replies`` (REINFORCE, Eq. 5). One 1-D tensor per reply."""
+    b = layout_batch(model, personas, histories, reply_ids=reply_ids)
+    out = model(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"])
+    rows = out["lm_rows"]  # (M,), sorted by row, then position
+    first = torch.ones_like(rows, dtype=torch.bool)
+    first[1:] = rows[1:] != rows[:-1]
+    logp = sampling_log_probs(out["lm_logits"], temperature, top_k, banned_ids(model), first, model.ids.clf)
+    tok_lp = logp.gather(-1, out["lm_targets"][:, None]).squeeze(-1)  # (M,)
+    per_row = list(torch.split(tok_lp, torch.bincount(rows, minlength=len(reply_ids)).tolist()))
+    # a reply cut at max_new_tokens has no <clf>: drop the <clf> target the layout appended
+    return [lp if (r and r[-1] == model.ids.clf) else lp[:-1] for lp, r in zip(per_row, reply_ids)]
+
+
+def evaluate_transmitter(model, episodes, max_turns=None, seed=0, **kw) -> dict:
+    """Hits@1 / MRR / perplexity / F1 / BLEU on ``episodes`` (see ``transmitter_eval.evaluate_transmitter``)."""
+    from p2bot_utils import transmitter_eval
+
+    return transmitter_eval.evaluate_transmitter(model, episodes, max_turns=max_turns, seed=seed, **kw)

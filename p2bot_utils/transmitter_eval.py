@@ -1,0 +1,213 @@
+"""Evaluation of the Transmitter (paper Sec. 5): Hits@1 / MRR over 20 candidates, perplexity, F1 and BLEU.
+
+Ranking shares each turn's context among its 20 candidates: the context runs ONCE, its KV cache is repeated
+to 20 rows, and only the candidate tokens run per candidate (``rank_candidates``); ``rank_candidates_per_pair``
+is the plain one-forward-per-pair reference (same numbers, used by tests and the benchmark).
+``evaluate_main`` is ``python -m p2bot_utils evaluate-transmitter``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from p2bot_utils import metrics
+from p2bot_utils.transmitter import (Transmitter, encode_texts, generate_replies, layout_batch, pad_batch,
+                                     score_replies)
+from p2bot_utils.transmitter_train import episode_turns
+
+
+def select_turns(episodes: Sequence, max_turns: int | None = None, seed: int = 0) -> list[dict]:
+    """Every turn that has candidates (gold last), or a seeded subsample of ``max_turns`` of them (in order)."""
+    turns = [{"episode_id": ep.episode_id, "turn": k, "persona": p, "history": h, "reply": r, "candidates": c}
+             for ep in episodes for k, (p, h, r, c) in enumerate(episode_turns(ep))]
+    if max_turns is not None and 0 < max_turns < len(turns):
+        keep = sorted(random.Random(seed).sample(range(len(turns)), max_turns))
+        turns = [turns[i] for i in keep]
+    return turns
+
+
+def _candidate_ids(model: Transmitter, candidates: Sequence[Sequence[str]]) -> list[list[int]]:
+    cap, clf = model.config.max_reply_tokens, model.ids.clf
+    return [[*encode_texts(model.tokenizer, [], [], c)[2][:cap], clf] for cands in candidates for c in cands]
+
+
+@torch.no_grad()
+def rank_candidates(model: Transmitter, personas, histories, candidates, lm_rows: str = "gold") -> dict:
+    """Score C candidates per context with ONE pass over the context (KV cache repeated C times).
+
+    Returns ``nup`` (B, C) NUP logits (None for −Next) and ``lm_sum`` / ``lm_n`` (B, C): summed log-likelihood
+    of candidate tokens + ``<clf>`` and their count, for every candidate (``lm_rows="all"``) or only the gold
+    (last; ``"gold"``, other entries NaN / 0) or none of them (``"none"``: NUP ranking only)."""
+    B, C = len(personas), len(candidates[0])
+    if not model.supports_cache:  # e.g. openai-gpt: no KV cache, score each pair in full
+        return rank_candidates_per_pair(model, personas, histories, candidates, with_lm=lm_rows != "none")
+    ctx = layout_batch(model, personas, histories, None, side="left")  # (B, Tc), ends with <self>
+    h_ctx, cache = model.hidden(ctx["input_ids"], ctx["attention_mask"], ctx["position_ids"], use_cache=True)
+    first_lp = model.lm_logits(h_ctx[:, -1]).float().log_softmax(-1)  # (B, V): predicts a reply's 1st token
+    cache.batch_repeat_interleave(C)
+    cb = pad_batch(_candidate_ids(model, candidates), model.ids.pad, "right")
+    ids, cmask = cb["input_ids"].to(model.device), cb["attention_mask"].to(model.device)  # (BC, Tk)
+    mask = torch.cat([ctx["attention_mask"].repeat_interleave(C, 0), cmask], -1)  # (BC, Tc + Tk)
+    pos = ctx["position_ids"][:, -1:].repeat_interleave(C, 0) + 1 + cb["position_ids"].to(model.device)
+    h, _ = model.hidden(ids, mask, pos, cache)  # (BC, Tk, H)
+    n_tok = cmask.sum(-1)  # (BC,)
+    nup = model.nup_logit(h, n_tok - 1).view(B, C) if model.head is not None else None
+    if lm_rows not in ("all", "gold", "none"):
+        raise ValueError(f"rank_candidates: lm_rows must be 'all', 'gold' or 'none', got {lm_rows!r}")
+    rows = torch.arange(B * C, device=ids.device)
+    rows = rows if lm_rows == "all" else rows[C - 1::C] if lm_rows == "gold" else rows[:0]
+    lm_sum = torch.full((B * C,), float("nan"), device=ids.device)
+    lm_sum[rows] = _candidate_log_lik(model, first_lp[rows // C], h[rows], ids[rows], cmask[rows])
+    lm_n = torch.zeros(B * C, dtype=torch.long, device=ids.device)
+    lm_n[rows] = n_tok[rows]
+    return {"nup": nup, "lm_sum": lm_sum.view(B, C), "lm_n": lm_n.view(B, C)}
+
+
+def _candidate_log_lik(model, first_lp, h, ids, mask) -> torch.Tensor:
+    """Summed log p of each row's candidate tokens: the 1st from the context's last position, token j > 0
+    from the candidate's position j − 1 (LM head only at real positions). (R, V), (R, Tk, H) -> (R,)"""
+    lp0 = first_lp.gather(-1, ids[:, :1]).squeeze(-1)  # (R,)
+    sel = mask[:, 1:].bool()  # (R, Tk-1)
+    logits = model.lm_logits(h[:, :-1][sel]).float()  # (M, V)
+    tok = -F.cross_entropy(logits, ids[:, 1:][sel], reduction="none")  # (M,)
+    rest = torch.zeros(ids.shape[0], device=ids.device).index_add(0, sel.nonzero()[:, 0], tok)
+    return lp0 + rest
+
+
+@torch.no_grad()
+def rank_candidates_per_pair(model: Transmitter, personas, histories, candidates, with_lm: bool = True) -> dict:
+    """Reference for ``rank_candidates``: one full forward per (context, candidate) pair (every row's LM, or
+    only the NUP logits with ``with_lm=False``)."""
+    B, C = len(personas), len(candidates[0])
+    rep = lambda xs: [x for x in xs for _ in range(C)]  # noqa: E731
+    P, H, R = rep(personas), rep(histories), [c for cs in candidates for c in cs]
+    if not with_lm:
+        b = layout_batch(model, P, H, R)
+        nup = model(b["input_ids"], b["attention_mask"], b["position_ids"], clf_index=b["clf_index"])["nup_logits"]
+        return {"nup": nup.view(B, C), "lm_sum": None, "lm_n": None}
+    lm_sum, n_tok, nup = score_replies(model, P, H, R)
+    return {"nup": None if nup is None else nup.view(B, C), "lm_sum": lm_sum.view(B, C), "lm_n": n_tok.view(B, C)}
+
+
+def _ranking_scores(model: Transmitter, r: dict) -> torch.Tensor:
+    """NUP logit, or (−Next) the length-normalised log-likelihood (Eq. 2) of each candidate, (B, C)."""
+    return r["nup"] if r["nup"] is not None else r["lm_sum"] / r["lm_n"].clamp(min=1)
+
+
+def _ppl_ci(nll: np.ndarray, n: np.ndarray, seed: int, reps: int = 1000) -> tuple[float, float]:
+    """Percentile bootstrap 95% CI of corpus perplexity exp(sum nll / sum n), resampling turns."""
+    idx = np.random.default_rng(seed).integers(0, len(nll), size=(reps, len(nll)))  # (reps, N)
+    ppl = np.exp(nll[idx].sum(1) / n[idx].sum(1))
+    lo, hi = np.quantile(ppl, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def _ranking_metrics(model, turns, batch_size, rank_all, seed, show_progress) -> tuple[dict, list]:
+    from tqdm.auto import trange
+
+    ranks, nll, ntok = [], [], []
+    for lo in trange(0, len(turns), batch_size, desc="rank", disable=not show_progress, leave=False):
+        chunk = turns[lo:lo + batch_size]
+        cands = [t["candidates"] if rank_all else t["candidates"][-1:] for t in chunk]  # perplexity: gold only
+        r = rank_candidates(model, [t["persona"] for t in chunk], [t["history"] for t in chunk], cands,
+                            lm_rows="all" if rank_all and model.head is None else "gold")  # −Next ranks by LM
+        scores = _ranking_scores(model, r).cpu().numpy() if rank_all else None
+        for i, t in enumerate(chunk):
+            if scores is not None:
+                ranks.append(metrics.rank_of_gold(scores[i], len(t["candidates"]) - 1))
+            nll.append(-float(r["lm_sum"][i, -1]))
+            ntok.append(int(r["lm_n"][i, -1]))
+    nll_a, n_a = np.array(nll), np.array(ntok)
+    out = {"ppl": metrics.perplexity(nll_a.sum(), int(n_a.sum())), "ppl_ci95": _ppl_ci(nll_a, n_a, seed),
+           "n_reply_tokens": int(n_a.sum())}
+    if ranks:
+        h1 = [float(x == 1) for x in ranks]
+        out.update(dict(zip(("hits@1", "hits@1_se"), metrics.mean_and_stderr(h1))))
+        out.update(dict(zip(("mrr", "mrr_se"), metrics.mean_and_stderr([1.0 / x for x in ranks]))))
+    return out, ranks
+
+
+def _generation_metrics(model, turns, gen_kw, jsonl_path) -> dict:
+    outs = generate_replies(model, [t["persona"] for t in turns], [t["history"] for t in turns],
+                            return_beams=True, **gen_kw)
+    f1 = [metrics.f1_score(o["reply"], [t["reply"]]) for o, t in zip(outs, turns)]
+    bleu = [metrics.bleu_score(o["reply"], [t["reply"]]) for o, t in zip(outs, turns)]
+    if jsonl_path:
+        from p2bot_utils.profile import atomic_write_text
+
+        rows = [{"episode_id": t["episode_id"], "turn": t["turn"], "persona": t["persona"],
+                 "history": t["history"], "gold": t["reply"], **o, "f1": f, "bleu": b}
+                for t, o, f, b in zip(turns, outs, f1, bleu)]
+        atomic_write_text(jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
+    out = {"n_gen_turns": len(turns)}
+    out.update(dict(zip(("f1", "f1_se"), metrics.mean_and_stderr(f1))))
+    out.update(dict(zip(("bleu", "bleu_se"), metrics.mean_and_stderr(bleu))))
+    return out
+
+
+def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = None, seed: int = 0, *,
+                         rank: bool = True, generate: bool = True, gen_turns: int | None = None,
+                         batch_size: int = 4, gen_batch_size: int = 8, alpha: float = 0.1, num_beams: int = 2,
+                         max_new_tokens: int = 32, jsonl_path=None, show_progress: bool = True) -> dict:
+    """Hits@1 and MRR over each turn's candidates (NUP head; LM likelihood for −Next), perplexity of the gold
+    reply per BPE token (reply tokens + <clf>), F1 / BLEU of the Eq. 3 beam-search reply on the first
+    ``gen_turns`` of the (seeded, ``max_turns``) turn sample. Every mean comes with a standard error
+    (``*_se``), perplexity with a bootstrap 95% CI; ``n_turns`` / ``n_gen_turns`` say how many turns."""
+    turns = select_turns(episodes, max_turns, seed)
+    if not turns or (rank and any(len(t["candidates"]) < 2 for t in turns)):
+        raise ValueError("evaluate_transmitter: episodes need turns with >= 2 candidates (gold last)")
+    model.eval()
+    out = {"n_turns": len(turns), "n_candidates": len(turns[0]["candidates"]), "seed": seed,
+           "ranking": ("nup" if model.head is not None else "lm_likelihood") if rank else None,
+           "tokenizer": getattr(model.lm.config, "p2bot_tokenizer", model.config.backbone),
+           "backbone": model.config.backbone, "variant": _variant_name(model)}
+    rank_out, _ = _ranking_metrics(model, turns, batch_size, rank, seed, show_progress)
+    out.update(rank_out)
+    if generate:
+        g = turns[:gen_turns] if gen_turns else turns
+        out.update(_generation_metrics(model, g, dict(num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                                      alpha=alpha, batch_size=gen_batch_size,
+                                                      show_progress=show_progress), jsonl_path))
+    return out
+
+
+def _variant_name(model: Transmitter) -> str:
+    c = model.config
+    return "full" if c.use_nup_head and c.use_persona else ("no_next" if not c.use_nup_head else "no_persona")
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    """``python -m p2bot_utils evaluate-transmitter --model DIR --data-dir DIR --mode original|revised``."""
+    from p2bot_utils.data import load_split_data
+
+    ap = argparse.ArgumentParser(prog="python -m p2bot_utils evaluate-transmitter")
+    ap.add_argument("--model", required=True, help="a saved Transmitter folder (Transmitter.save_pretrained)")
+    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT / ConvAI2 folder; none = the shipped sample")
+    ap.add_argument("--mode", default="original", choices=["original", "revised"])
+    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--max-turns", type=int, default=None, help="seeded subsample of turns")
+    ap.add_argument("--gen-turns", type=int, default=None, help="generate replies on the first N of them")
+    ap.add_argument("--alpha", type=float, default=0.1, help="Eq. 3 mixing weight (1 = Eq. 2)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-generate", action="store_true")
+    ap.add_argument("--jsonl", default=None, help="write the generated replies here")
+    ap.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    args = ap.parse_args(list(argv))
+    if not Path(args.model).is_dir():
+        ap.error(f"--model {args.model}: no such folder")
+    data = load_split_data(args.data_dir, mode=args.mode, seed=args.seed, use_sample=args.data_dir is None)
+    model = Transmitter.from_pretrained(args.model)
+    res = evaluate_transmitter(model, getattr(data, args.split), args.max_turns, args.seed,
+                               generate=not args.no_generate, gen_turns=args.gen_turns, alpha=args.alpha,
+                               jsonl_path=args.jsonl)
+    res.update({"data_source": data.source, "split": args.split, "mode": args.mode,
+                "split_method": data.info.get("split_method")})
+    print(json.dumps(res, indent=None if args.json else 2, default=float))
+    return 0

@@ -1,0 +1,211 @@
+"""Supervised training of the Transmitter (paper Sec. 3.1, Eq. 1 + next-utterance prediction).
+
+``make_examples`` turns episodes into (persona, history, reply, distractor) token ids, ``TransmitterCollator``
+lays them out (gold rows then distractor rows), ``TransmitterLoss`` is the ``loss_fn`` of
+``p2bot_utils.training.train``; ``train_main`` is ``python -m p2bot_utils train-transmitter``.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from p2bot_utils.transmitter import (SILENCE, SpecialIds, Transmitter, TransmitterConfig, build_inputs,
+                                     pad_batch)
+
+VARIANTS = {  # Table 3: P²Bot-S and its two ablations; folder name under runs/<profile>/
+    "full": ("transmitter", dict(use_nup_head=True, use_persona=True)),
+    "no_next": ("transmitter-no_next", dict(use_nup_head=False, use_persona=True)),
+    "no_persona": ("transmitter-no_persona", dict(use_nup_head=True, use_persona=False)),
+}
+NUP_LOSSES = ("binary", "softmax")
+
+
+@dataclass(frozen=True)
+class TransmitterExample:
+    """Token ids of one training turn; ``distractor`` is a reply from ANOTHER episode (never the gold)."""
+
+    persona: tuple
+    history: tuple
+    reply: tuple
+    distractor: tuple | None = None
+
+
+def episode_turns(episode) -> list[tuple[list[str], list[str], str, tuple]]:
+    """(own persona, history, gold reply, candidates) of every turn; history = all earlier utterances of both
+    speakers plus the partner's current one (``__SILENCE__`` dropped)."""
+    out, hist = [], []
+    for turn in episode.turns:
+        if turn.partner.strip() and turn.partner.strip() != SILENCE:
+            hist.append(turn.partner)
+        out.append((list(episode.own_persona), list(hist), turn.reply, tuple(turn.candidates)))
+        hist.append(turn.reply)
+    return out
+
+
+def make_examples(tokenizer, episodes: Sequence, seed: int = 0, with_distractor: bool = True,
+                  show_progress: bool = False) -> list[TransmitterExample]:
+    """One example per turn of every episode, tokenised once; one seeded distractor per example, drawn
+    from the replies of the OTHER episodes and never equal to the gold reply."""
+    from tqdm.auto import tqdm
+
+    cache: dict[str, tuple] = {}
+    enc = lambda t: cache.setdefault(t, tuple(tokenizer.encode(t, add_special_tokens=False)))  # noqa: E731
+    pool = [(i, t.reply) for i, ep in enumerate(episodes) for t in ep.turns]
+    if with_distractor and len({i for i, _ in pool}) < 2:
+        raise ValueError("transmitter_train.make_examples: distractors need at least two episodes")
+    rng, out = random.Random(seed), []
+    for i, ep in enumerate(tqdm(episodes, desc="tokenise", disable=not show_progress, leave=False)):
+        for persona, hist, reply, _ in episode_turns(ep):
+            dist = None
+            if with_distractor:
+                j, text = pool[rng.randrange(len(pool))]
+                while j == i or text == reply:
+                    j, text = pool[rng.randrange(len(pool))]
+                dist = enc(text)
+            out.append(TransmitterExample(tuple(enc(s) for s in persona), tuple(enc(u) for u in hist), enc(reply),
+                                          dist))
+    return out
+
+
+@dataclass
+class TransmitterCollator:
+    """Examples -> right-padded batch: rows 0..B-1 are (context, gold) with LM labels on the reply (Eq. 1),
+    rows B..2B-1 (with distractors) are (context, distractor) without LM labels; ``nup_labels`` 1 / 0."""
+
+    ids: SpecialIds
+    max_len: int = 256
+    max_reply_tokens: int = 32
+    use_persona: bool = True
+    with_distractor: bool = True
+
+    @classmethod
+    def for_model(cls, model: Transmitter) -> "TransmitterCollator":
+        c = model.config
+        return cls(model.ids, c.max_len, c.max_reply_tokens, c.use_persona, c.use_nup_head)
+
+    def _row(self, ex: TransmitterExample, reply, lm: bool) -> dict:
+        r = build_inputs(ex.persona, ex.history, reply, self.ids, max_len=self.max_len,
+                         max_reply_tokens=self.max_reply_tokens, use_persona=self.use_persona)
+        if not lm:
+            r["labels"] = [-100] * len(r["labels"])
+        return r
+
+    def __call__(self, examples: Sequence[TransmitterExample]) -> dict:
+        rows = [self._row(ex, ex.reply, True) for ex in examples]
+        if self.with_distractor:
+            if any(ex.distractor is None for ex in examples):
+                raise ValueError("TransmitterCollator: with_distractor=True but an example has no distractor; "
+                                 "build examples with make_examples(..., with_distractor=True)")
+            rows += [self._row(ex, ex.distractor, False) for ex in examples]
+        b = pad_batch([r["input_ids"] for r in rows], self.ids.pad, "right", [r["labels"] for r in rows])
+        b.pop("offsets")
+        b["clf_index"] = torch.tensor([r["clf_index"] for r in rows])
+        b["nup_labels"] = torch.tensor([1] * len(examples) + [0] * (len(rows) - len(examples)))
+        return b
+
+
+@dataclass
+class TransmitterLoss:
+    """L = lm_coef · L_LM (Eq. 1: mean NLL of the reply tokens and <clf>) + nup_coef · L_NUP.
+
+    The paper does not state the coefficients; the authors' code uses 0.6 / 0.4 (our default). ``nup_loss``:
+    ``"binary"`` (paper: p(y=1) = sigmoid, gold y=1, distractor y=0) or ``"softmax"`` (the authors' code,
+    TransferTransfo's multiple choice: softmax over {gold, distractor}). −Next (no head): L = L_LM."""
+
+    lm_coef: float = 0.6
+    nup_coef: float = 0.4
+    nup_loss: str = "binary"
+
+    def __post_init__(self):
+        if self.nup_loss not in NUP_LOSSES:
+            raise ValueError(f"TransmitterLoss.nup_loss={self.nup_loss!r}: must be one of {NUP_LOSSES}")
+
+    def __call__(self, model, batch: dict, progress: float) -> dict:
+        out = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"],
+                    batch["clf_index"])
+        lm = F.cross_entropy(out["lm_logits"], out["lm_targets"])  # Eq. 1, mean over reply tokens
+        if "nup_logits" not in out or batch["nup_labels"].min() == 1:
+            return {"loss": lm, "lm_loss": lm.detach()}
+        logits, y = out["nup_logits"], batch["nup_labels"].float()  # (2B,)
+        B = int(batch["nup_labels"].sum())
+        if self.nup_loss == "binary":
+            nup = F.binary_cross_entropy_with_logits(logits, y)
+        else:
+            pair = torch.stack([logits[:B], logits[B:]], -1)  # (B, 2): gold first
+            nup = F.cross_entropy(pair, torch.zeros(B, dtype=torch.long, device=pair.device))
+        acc = (logits[:B] > logits[B:]).float().mean()
+        return {"loss": self.lm_coef * lm + self.nup_coef * nup, "lm_loss": lm.detach(), "nup_loss": nup.detach(),
+                "nup_acc": acc}
+
+
+# --- building and training one variant --------------------------------------------------------------------
+def build_transmitter(backbone: str, variant: str = "full", max_len: int = 256, max_reply_tokens: int = 32,
+                      seed: int = 0, cache_dir=None) -> Transmitter:
+    """A fresh Transmitter of a Table 3 variant on top of ``backbones.load_causal_lm(backbone)``."""
+    from p2bot_utils.backbones import load_causal_lm
+
+    if variant not in VARIANTS:
+        raise ValueError(f"transmitter_train: variant must be one of {list(VARIANTS)}, got {variant!r}")
+    lm, tok = load_causal_lm(backbone, cache_dir=cache_dir)
+    cfg = TransmitterConfig(backbone=backbone, max_len=max_len, max_reply_tokens=max_reply_tokens,
+                            **VARIANTS[variant][1])
+    return Transmitter.from_backbone(lm, tok, cfg, seed=seed)
+
+
+def train_variant(params: dict, train_episodes: Sequence, variant: str, run_root, log_dir, *,
+                  stop_after_steps: int | None = None, show_progress: bool = True):
+    """Build, train (``training.train`` with the ``transmitter_*`` parameters; a variant's step budget is
+    ``transmitter_<variant>_max_steps``) and save one variant to ``run_root/<name>``. Returns (model, result)."""
+    from p2bot_utils.training import TrainConfig, train
+
+    name = VARIANTS[variant][0]
+    model = build_transmitter(params["transmitter_backbone"], variant, params["transmitter_max_len"],
+                              params["transmitter_max_reply_tokens"], params.get("seed", 0))
+    steps = params.get(f"transmitter_{variant}_max_steps", params.get("transmitter_max_steps", -1))
+    cfg = TrainConfig.from_params(params, "transmitter_", out_dir=str(Path(run_root) / f"{name}.train"),
+                                  max_steps=steps, log_csv=str(Path(log_dir) / f"{name.replace('-', '_')}_log.csv"))
+    examples = make_examples(model.tokenizer, train_episodes, seed=params.get("seed", 0),
+                             with_distractor=model.config.use_nup_head, show_progress=show_progress)
+    loss = TransmitterLoss(params["transmitter_lm_coef"], params["transmitter_nup_coef"],
+                           params["transmitter_nup_loss"])
+    result = train(model, examples, TransmitterCollator.for_model(model), loss, cfg,
+                   stop_after_steps=stop_after_steps)
+    model.eval()
+    if not result.stopped and _is_main_process():
+        model.save_pretrained(Path(run_root) / name)
+    return model, result
+
+
+def _is_main_process() -> bool:
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def train_main(argv: Sequence[str]) -> int:
+    """``python -m p2bot_utils train-transmitter --config configs/paper.yaml [--variant full|no_next|...]``."""
+    from p2bot_utils import profile
+    from p2bot_utils.data import load_split_data
+
+    ap = argparse.ArgumentParser(prog="python -m p2bot_utils train-transmitter")
+    ap.add_argument("--config", required=True, help="profile name or YAML file (configs/<profile>.yaml)")
+    ap.add_argument("--variant", default="full", choices=list(VARIANTS))
+    ap.add_argument("--data-dir", default=None, help="overrides the profile's data_dir")
+    args = ap.parse_args(list(argv))
+    params = profile.load_params(args.config)
+    profile.set_seed(params.get("seed", 0))
+    data = load_split_data(args.data_dir or params.get("data_dir") or None, mode=params["transmitter_mode"],
+                           seed=params.get("seed", 0), fractions=params.get("split_fractions", (0.8, 0.1, 0.1)),
+                           use_sample=params.get("use_sample", False))
+    results_dir, _ = profile.output_dirs(params["profile"], data.source)
+    run_root = profile.runs_dir(params["profile"], data.source)
+    _, result = train_variant(params, data.train, args.variant, run_root, results_dir)
+    print(f"train-transmitter: {args.variant}: {result.steps} steps, final loss {result.final_loss:.4f}, "
+          f"saved to {run_root / VARIANTS[args.variant][0]}")
+    return 0

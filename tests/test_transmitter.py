@@ -1,0 +1,261 @@
+"""The Transmitter as a specification: layout, NUP head position, distractors, Eq. 3, save/load, resume, ranking."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from p2bot_utils.data import Episode, Turn
+from p2bot_utils.transmitter import (SpecialIds, Transmitter, build_inputs, eq3_scores, generate_replies,
+                                     layout_batch, lm_log_likelihood, nup_log_prob, sample_replies,
+                                     sequence_log_probs)
+from p2bot_utils.transmitter_eval import evaluate_transmitter, rank_candidates, rank_candidates_per_pair
+from p2bot_utils.transmitter_train import (TransmitterCollator, TransmitterLoss, build_transmitter,
+                                           make_examples)
+
+IDS = SpecialIds(persona=100, self_=101, partner=102, clf=103, pad=0)
+PERSONAS = [["i like cats .", "i am a nurse ."], ["i hate rain ."], ["i play the guitar ."]]
+HISTORIES = [["hi there", "hello ! how are you ?", "fine , thanks . and you ?"], [], ["what do you do ?"]]
+REPLIES = ["i am great , my cat is sleeping .", "hello", "i play music all day long ."]
+
+
+def _episode(eid: str, persona, replies, cands=()):
+    turns = tuple(Turn(f"partner says {eid} {k}", r, tuple(cands)) for k, r in enumerate(replies))
+    return Episode(eid, tuple(persona), (), turns, "sampled" if cands else "none")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_transmitter("tiny-gpt2", "full", max_len=64, max_reply_tokens=12).eval()
+
+
+# --- layout -----------------------------------------------------------------------------------------------
+def test_layout_on_hand_written_ids():
+    r = build_inputs([[1, 2], [3]], [[4, 5], [6], [7, 8]], [9, 10], IDS, max_len=64, max_reply_tokens=32)
+    # persona, then history with speakers alternating backwards from the partner's last utterance, reply, clf
+    assert r["input_ids"] == [100, 1, 2, 3, 102, 4, 5, 101, 6, 102, 7, 8, 101, 9, 10, 103]
+    assert r["labels"] == [-100] * 13 + [9, 10, 103]  # Eq. 1 targets: reply tokens and the end/clf token
+    assert r["clf_index"] == 15 and r["reply_start"] == 13
+
+
+def test_layout_truncation_keeps_persona_and_drops_oldest_history_first():
+    # budget for history = max_len - persona (4) - (max_reply_tokens + 2) = 13 - 4 - 4 = 5 tokens;
+    # the history with its markers is [102 4 5] [101 6] [102 7 8] = 8 tokens: the oldest utterance goes
+    r = build_inputs([[1, 2], [3]], [[4, 5], [6], [7, 8]], [9, 10, 11], IDS, max_len=13, max_reply_tokens=2)
+    assert r["input_ids"] == [100, 1, 2, 3, 101, 6, 102, 7, 8, 101, 9, 10, 103]  # [4, 5] dropped, reply capped
+    r = build_inputs([[1, 2], [3]], [[4, 5], [6], [7, 8, 9, 10]], [9], IDS, max_len=11, max_reply_tokens=2)
+    assert r["input_ids"][:4] == [100, 1, 2, 3] and r["input_ids"][4:7] == [102, 9, 10]  # end of last utterance
+    with pytest.raises(ValueError, match="max_len"):
+        build_inputs([[1] * 10], [], [9], IDS, max_len=8, max_reply_tokens=2)
+
+
+def test_layout_without_persona_and_as_generation_prompt():
+    r = build_inputs([[1, 2]], [[4], [5]], [9], IDS, use_persona=False)  # Table 3: −Persona
+    assert r["input_ids"] == [101, 4, 102, 5, 101, 9, 103]
+    g = build_inputs([[1, 2]], [[4]], None, IDS)
+    assert g["input_ids"] == [100, 1, 2, 102, 4, 101] and g["clf_index"] == -1 and set(g["labels"]) == {-100}
+
+
+def test_layout_of_a_real_example_prints_and_uses_added_special_tokens(tiny):
+    b = layout_batch(tiny, PERSONAS[:1], HISTORIES[:1], REPLIES[:1])
+    tokens = tiny.tokenizer.convert_ids_to_tokens(b["input_ids"][0].tolist())
+    print(" ".join(tokens))
+    assert tokens[0] == "<persona>" and tokens[-1] == "<clf>"
+    assert tokens.count("<partner>") == 2 and tokens.count("<self>") == 2
+    assert tiny.lm.get_input_embeddings().weight.shape[0] == len(tiny.tokenizer)
+    for tok in ("<persona>", "<self>", "<partner>", "<clf>"):
+        assert len(tiny.tokenizer.encode(tok, add_special_tokens=False)) == 1
+
+
+def test_left_and_right_padding_give_the_same_head_logits_and_masks(tiny):
+    right = layout_batch(tiny, PERSONAS, HISTORIES, REPLIES, side="right")
+    left = layout_batch(tiny, PERSONAS, HISTORIES, REPLIES, side="left")
+    assert right["attention_mask"].sum(-1).tolist() == left["attention_mask"].sum(-1).tolist()
+    with torch.no_grad():
+        outs = [tiny(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"], b["clf_index"])
+                for b in (right, left)]
+        alone = [tiny(**{k: v for k, v in layout_batch(tiny, [p], [h], [r]).items()
+                         if k in ("input_ids", "attention_mask", "position_ids", "labels", "clf_index")})
+                 for p, h, r in zip(PERSONAS, HISTORIES, REPLIES)]
+    solo = torch.cat([a["nup_logits"] for a in alone])
+    torch.testing.assert_close(outs[0]["nup_logits"], solo, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1]["nup_logits"], solo, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[0]["lm_logits"], outs[1]["lm_logits"], atol=1e-4, rtol=1e-4)
+
+
+# --- training pieces --------------------------------------------------------------------------------------
+def test_distractor_is_never_the_gold_and_comes_from_another_episode(tiny):
+    eps = [_episode("a", ["p a"], ["same reply", "reply a2"]), _episode("b", ["p b"], ["same reply", "reply b2"]),
+           _episode("c", ["p c"], ["reply c1"])]
+    enc = lambda t: tuple(tiny.tokenizer.encode(t, add_special_tokens=False))  # noqa: E731
+    for seed in range(8):
+        ex = make_examples(tiny.tokenizer, eps, seed=seed)
+        assert len(ex) == 5 and all(e.distractor != e.reply for e in ex)  # b's "same reply" is a gold for a
+        assert ex[0].distractor != enc("reply a2")  # episode "a" never draws its own replies
+    assert make_examples(tiny.tokenizer, eps, seed=3) == make_examples(tiny.tokenizer, eps, seed=3)
+    with pytest.raises(ValueError, match="two episodes"):
+        make_examples(tiny.tokenizer, eps[:1])
+
+
+def test_collate_puts_lm_labels_on_gold_replies_only(tiny):
+    eps = [_episode("a", ["p a"], ["one two"]), _episode("b", ["p b"], ["three four five"])]
+    batch = TransmitterCollator.for_model(tiny)(make_examples(tiny.tokenizer, eps, seed=0))
+    assert batch["nup_labels"].tolist() == [1, 1, 0, 0]
+    assert (batch["labels"][2:] == -100).all() and (batch["labels"][:2] != -100).any()
+    clf = batch["input_ids"][torch.arange(4), batch["clf_index"]]
+    assert (clf == tiny.ids.clf).all()
+    out = TransmitterLoss()(tiny, batch, 0.0)
+    assert set(out) == {"loss", "lm_loss", "nup_loss", "nup_acc"}
+    torch.testing.assert_close(out["loss"], 0.6 * out["lm_loss"] + 0.4 * out["nup_loss"])
+    with pytest.raises(ValueError, match="nup_loss"):
+        TransmitterLoss(nup_loss="hinge")
+
+
+def test_kill_and_resume_gives_the_same_final_loss(tmp_path):
+    from p2bot_utils.training import TrainConfig, train
+
+    eps = [_episode(str(i), [f"persona {i}"], [f"reply {i} {k}" for k in range(3)]) for i in range(4)]
+
+    def run(out_dir, stop=None):
+        model = build_transmitter("tiny-gpt2", "full", max_len=48, max_reply_tokens=8)
+        cfg = TrainConfig(out_dir=str(out_dir), lr=1e-3, max_steps=4, batch_size=2, save_every=2, seed=0)
+        ex = make_examples(model.tokenizer, eps, seed=0)
+        res = train(model, ex, TransmitterCollator.for_model(model), TransmitterLoss(), cfg, stop_after_steps=stop)
+        return res, model
+
+    whole, m1 = run(tmp_path / "whole")
+    killed, _ = run(tmp_path / "resumed", stop=2)
+    resumed, m2 = run(tmp_path / "resumed")
+    assert killed.stopped and resumed.resumed_from == 2 and resumed.steps == whole.steps == 4
+    assert resumed.final_loss == pytest.approx(whole.final_loss, abs=1e-6)
+    torch.testing.assert_close(m1.head[1].weight, m2.head[1].weight)
+
+
+# --- model folder ---------------------------------------------------------------------------------------
+def test_save_load_round_trip_gives_identical_logits(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path / "tx")
+    back = Transmitter.from_pretrained(tmp_path / "tx")
+    assert back.config == tiny.config and back.ids == tiny.ids
+    b = layout_batch(tiny, PERSONAS, HISTORIES, REPLIES)
+    with torch.no_grad():
+        a = tiny(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"], b["clf_index"])
+        c = back(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"], b["clf_index"])
+    assert torch.equal(a["lm_logits"], c["lm_logits"]) and torch.equal(a["nup_logits"], c["nup_logits"])
+    with pytest.raises(FileNotFoundError, match="transmitter_config.json"):
+        Transmitter.from_pretrained(tmp_path)
+
+
+def test_no_next_variant_has_no_head(tmp_path):
+    m = build_transmitter("tiny-gpt2", "no_next", max_len=64, max_reply_tokens=12)
+    assert m.head is None
+    with pytest.raises(ValueError, match="no NUP head"):
+        nup_log_prob(m, PERSONAS, HISTORIES, REPLIES)
+    m.save_pretrained(tmp_path / "nn")
+    assert Transmitter.from_pretrained(tmp_path / "nn").head is None
+
+
+# --- decoding ---------------------------------------------------------------------------------------------
+def test_eq3_chooses_by_the_mixed_score_on_a_hand_made_example():
+    lm_norm = torch.tensor([[-1.0, -2.0]])  # beam 0 is more likely ...
+    nup = torch.tensor([[-3.0, -0.1]])      # ... beam 1 is the better next utterance
+    # alpha = 0.1: beam 0 -> 0.1 * -1 + 0.9 * -3 = -2.8; beam 1 -> 0.1 * -2 + 0.9 * -0.1 = -0.29
+    torch.testing.assert_close(eq3_scores(lm_norm, nup, 0.1), torch.tensor([[-2.8, -0.29]]))
+    assert eq3_scores(lm_norm, nup, 0.1).argmax(-1).item() == 1
+    assert eq3_scores(lm_norm, nup, 1.0).argmax(-1).item() == 0  # Eq. 2
+    with pytest.raises(ValueError, match="alpha"):
+        eq3_scores(lm_norm, nup, 1.5)
+
+
+def test_generate_returns_every_beam_and_the_eq3_choice(tiny):
+    outs = generate_replies(tiny, PERSONAS, HISTORIES, num_beams=2, max_new_tokens=6, alpha=0.1,
+                            batch_size=2, return_beams=True)
+    assert len(outs) == 3
+    for o in outs:
+        assert len(o["beams"]) == 2 and o["reply"] == o["beams"][o["chosen"]]
+        s = eq3_scores(torch.tensor(o["lm_norm"]), torch.tensor(o["nup_logp"]), 0.1)
+        assert o["chosen"] == int(s.argmax())
+    texts = generate_replies(tiny, PERSONAS, HISTORIES, max_new_tokens=6)
+    assert texts == [o["reply"] for o in outs]
+
+
+def test_sampled_log_probs_are_recomputed_with_gradient(tiny):
+    g = torch.Generator().manual_seed(0)
+    s = sample_replies(tiny, PERSONAS, HISTORIES, max_new_tokens=6, temperature=0.8, top_k=50, generator=g)
+    assert len(s.texts) == len(s.token_ids) == len(s.log_probs) == 3
+    assert all(len(t) == len(lp) >= 1 for t, lp in zip(s.token_ids, s.log_probs))
+    again = sequence_log_probs(tiny, PERSONAS, HISTORIES, s.token_ids, temperature=0.8, top_k=50)
+    for a, b in zip(again, s.log_probs):
+        assert a.requires_grad
+        torch.testing.assert_close(a.detach(), b, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="max_reply_tokens"):
+        sample_replies(tiny, PERSONAS, HISTORIES, max_new_tokens=13)
+
+
+def test_lm_log_likelihood_for_transmitter_and_plain_backbone(tiny):
+    norm = lm_log_likelihood(tiny, PERSONAS, HISTORIES, REPLIES)
+    total = lm_log_likelihood(tiny, PERSONAS, HISTORIES, REPLIES, length_normalised=False)
+    assert norm.shape == (3,) and (total < norm).all()  # sums over several tokens are lower
+    plain = lm_log_likelihood(tiny.lm, None, None, REPLIES, tokenizer=tiny.tokenizer)
+    assert plain.shape == (3,) and torch.isfinite(plain).all()
+    with pytest.raises(ValueError, match="tokenizer"):
+        lm_log_likelihood(tiny.lm, None, None, REPLIES)
+
+
+def test_a_backbone_without_kv_cache_still_samples_ranks_and_generates(tiny):
+    from transformers import AutoTokenizer, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+    from p2bot_utils.transmitter import TransmitterConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny.tokenizer.name_or_path)
+    tok.pad_token = tiny.tokenizer.pad_token
+    torch.manual_seed(0)
+    lm = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tok), n_layer=1, n_head=2, n_embd=32, n_positions=128))
+    m = Transmitter.from_backbone(lm, tok, TransmitterConfig(max_len=64, max_reply_tokens=8)).eval()
+    assert not m.supports_cache and tiny.supports_cache
+    s = sample_replies(m, PERSONAS, HISTORIES, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+    for a, b in zip(sequence_log_probs(m, PERSONAS, HISTORIES, s.token_ids), s.log_probs):
+        torch.testing.assert_close(a.detach(), b, atol=1e-4, rtol=1e-4)
+    r = rank_candidates(m, PERSONAS, HISTORIES, [["a b", r] for r in REPLIES])
+    assert r["nup"].shape == (3, 2)
+    assert len(generate_replies(m, PERSONAS, HISTORIES, max_new_tokens=4)) == 3
+
+
+# --- evaluation -------------------------------------------------------------------------------------------
+def test_shared_context_ranking_equals_per_pair_scoring(tiny):
+    cands = [["a b", "c d e", r] for r in REPLIES]
+    shared = rank_candidates(tiny, PERSONAS, HISTORIES, cands, lm_rows="all")
+    pair = rank_candidates_per_pair(tiny, PERSONAS, HISTORIES, cands)
+    torch.testing.assert_close(shared["nup"], pair["nup"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared["lm_sum"], pair["lm_sum"], atol=1e-3, rtol=1e-5)
+    assert torch.equal(shared["lm_n"], pair["lm_n"])
+    gold = rank_candidates(tiny, PERSONAS, HISTORIES, cands, lm_rows="gold")
+    torch.testing.assert_close(gold["lm_sum"][:, -1], pair["lm_sum"][:, -1], atol=1e-3, rtol=1e-5)
+
+
+def test_evaluate_reports_counts_and_errors(tiny, tmp_path):
+    cands = ("x y", "z", "w v u")
+    eps = [_episode(str(i), [f"persona {i}"], [f"reply {i} {k}" for k in range(2)], cands) for i in range(3)]
+    eps = [Episode(e.episode_id, e.own_persona, (), tuple(Turn(t.partner, t.reply, (*cands, t.reply))
+                                                         for t in e.turns), "sampled") for e in eps]
+    res = evaluate_transmitter(tiny, eps, max_turns=4, seed=0, gen_turns=2, max_new_tokens=4,
+                               jsonl_path=tmp_path / "gen.jsonl", show_progress=False)
+    assert res["n_turns"] == 4 and res["n_gen_turns"] == 2 and res["n_candidates"] == 4
+    for key in ("hits@1", "mrr", "f1", "bleu"):
+        assert 0.0 <= res[key] <= 1.0 and f"{key}_se" in res
+    assert res["ppl_ci95"][0] <= res["ppl"] <= res["ppl_ci95"][1] and res["ranking"] == "nup"
+    assert len((tmp_path / "gen.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(ValueError, match="candidates"):
+        evaluate_transmitter(tiny, [_episode("n", ["p"], ["r"])], show_progress=False)
+
+
+@pytest.mark.skipif(not os.environ.get("P2BOT_DATA_DIR"), reason="P2BOT_DATA_DIR not set (real data)")
+def test_real_dev_turns_rank_and_lay_out(tiny):
+    from p2bot_utils.data import load_split_data
+
+    data = load_split_data(os.environ["P2BOT_DATA_DIR"], mode="revised", seed=0)
+    res = evaluate_transmitter(tiny, data.dev, max_turns=2, seed=0, generate=False, show_progress=False)
+    assert res["n_turns"] == 2 and res["n_candidates"] == 20
+    b = layout_batch(tiny, [list(data.dev[0].own_persona)], [[data.dev[0].turns[0].partner]], ["ok"])
+    assert b["input_ids"].shape[1] <= tiny.config.max_len
