@@ -115,8 +115,9 @@ class TransmitterLoss:
     """L = lm_coef · L_LM (Eq. 1: mean NLL of the reply tokens and <clf>) + nup_coef · L_NUP.
 
     The paper does not state the coefficients; the authors' code uses 0.6 / 0.4 (our default). ``nup_loss``:
-    ``"binary"`` (paper: p(y=1) = sigmoid, gold y=1, distractor y=0) or ``"softmax"`` (the authors' code,
-    TransferTransfo's multiple choice: softmax over {gold, distractor}). −Next (no head): L = L_LM."""
+    ``"binary"`` (paper: p(y=1) = sigmoid, gold y=1, distractor y=0) or ``"softmax"`` (TransferTransfo's
+    multiple choice: softmax over {gold, distractor}). The authors' code classifies gold and distractor each on
+    its own with a 2-way softmax, which is the binary family (docs/paper_vs_code.md, T3). −Next (no head): L = L_LM."""
 
     lm_coef: float = 0.6
     nup_coef: float = 0.4
