@@ -330,7 +330,12 @@ def load_checkpoint(ckpt_dir: str | Path, model, optimizer=None, scheduler=None,
                          f"{str(e).splitlines()[0]}") from None
     if optimizer is not None:
         meta = json.loads((found / "optimizer.json").read_text(encoding="utf-8"))
-        optimizer.load_state_dict(optimizer_state_from_tensors(load_file(str(found / "optimizer.safetensors")), meta))
+        try:
+            optimizer.load_state_dict(optimizer_state_from_tensors(load_file(str(found / "optimizer.safetensors")),
+                                                                   meta))
+        except ValueError as e:  # e.g. other trainable layers than when the checkpoint was written
+            raise ValueError(f"{found}: optimizer state does not fit this run's trainable parameters "
+                             f"({str(e).splitlines()[0]}); delete {ckpt_dir} to start afresh") from None
     if scheduler is not None:
         scheduler.load_state_dict(json.loads((found / "scheduler.json").read_text(encoding="utf-8")))
     if accelerator is not None and accelerator.scaler is not None and (found / "scaler.json").is_file():

@@ -230,6 +230,15 @@ def test_resume_with_other_hyper_parameters_is_refused(tmp_path):
         train(make_model(), make_examples(), collate, mse_loss, config(tmp_path, save_every=2, batch_size=8))
 
 
+def test_resume_with_other_trainable_parameters_names_the_checkpoint(tmp_path):
+    """A checkpoint left by a run that trained other layers is refused with a one-line, actionable error."""
+    train(make_model(), make_examples(), collate, mse_loss, config(tmp_path, save_every=2), stop_after_steps=2)
+    frozen_first = make_model()
+    frozen_first[0].requires_grad_(False)
+    with pytest.raises(ValueError, match="does not fit this run's trainable parameters.*delete"):
+        train(frozen_first, make_examples(), collate, mse_loss, config(tmp_path, save_every=2))
+
+
 def test_bad_loss_fn_and_too_few_examples(tmp_path):
     with pytest.raises(ValueError, match="key 'loss'"):
         train(make_model(), make_examples(), collate, lambda m, b, p: {"mse": m(b["x"]).sum()}, config(tmp_path))
