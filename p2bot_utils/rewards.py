@@ -18,11 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch import nn
 
 REWARD_NAMES = ("r1", "r2", "r3")

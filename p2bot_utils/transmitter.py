@@ -255,26 +255,16 @@ def score_replies(model: Transmitter, personas, histories, replies=None, reply_i
 def lm_log_likelihood(model, personas, histories, replies, length_normalised: bool = True,
                       tokenizer=None) -> torch.Tensor:
     """(1/|y|) log p(y | context) (Eq. 2) per example, (B,). A plain ``AutoModelForCausalLM`` (give its
-    ``tokenizer``) scores the reply after its bos/eos token, ignoring persona and history."""
+    ``tokenizer``) scores the reply alone, ignoring persona and history: that is reward R1's language model,
+    so it delegates to ``rewards.utterance_log_likelihood`` (end token scored: an empty reply is not a free 0)."""
     if isinstance(model, Transmitter):
         lm_sum, n_tok, _ = score_replies(model, personas, histories, replies)
-    else:
-        if tokenizer is None:
-            raise ValueError("transmitter.lm_log_likelihood: a plain causal LM needs its tokenizer=")
-        lm_sum, n_tok = _plain_lm_scores(model, tokenizer, replies)
-    return lm_sum / n_tok.clamp(min=1) if length_normalised else lm_sum
+        return lm_sum / n_tok.clamp(min=1) if length_normalised else lm_sum
+    if tokenizer is None:
+        raise ValueError("transmitter.lm_log_likelihood: a plain causal LM needs its tokenizer=")
+    from p2bot_utils.rewards import utterance_log_likelihood
 
-
-def _plain_lm_scores(lm, tokenizer, replies):
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    seqs = [[start] + tokenizer.encode(r, add_special_tokens=False) for r in replies]
-    b = pad_batch(seqs, tokenizer.pad_token_id, "right", [[-100] + s[1:] for s in seqs])
-    dev = next(lm.parameters()).device
-    logits = lm(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits[:, :-1]
-    labels = b["labels"][:, 1:].to(dev)
-    lp = -F.cross_entropy(logits.float().transpose(1, 2), labels.clamp(min=0), reduction="none")  # (B, T-1)
-    keep = labels != -100
-    return (lp * keep).sum(-1), keep.sum(-1)
+    return utterance_log_likelihood(model, tokenizer, list(replies), length_normalised=length_normalised)
 
 
 def nup_log_prob(model: Transmitter, personas, histories, replies) -> torch.Tensor:

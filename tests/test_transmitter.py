@@ -199,6 +199,8 @@ def test_lm_log_likelihood_for_transmitter_and_plain_backbone(tiny):
     assert norm.shape == (3,) and (total < norm).all()  # sums over several tokens are lower
     plain = lm_log_likelihood(tiny.lm, None, None, REPLIES, tokenizer=tiny.tokenizer)
     assert plain.shape == (3,) and torch.isfinite(plain).all()
+    empty = lm_log_likelihood(tiny.lm, None, None, [""], tokenizer=tiny.tokenizer)
+    assert torch.isfinite(empty).all() and (empty < 0).all()  # the end token is scored: no free 0 for silence
     with pytest.raises(ValueError, match="tokenizer"):
         lm_log_likelihood(tiny.lm, None, None, REPLIES)
 
