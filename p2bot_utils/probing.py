@@ -146,13 +146,17 @@ class DistractorSampler:
     def excluded_groups(self, persona: Sequence[str], group: str = "") -> set:
         return ({group} if group else set()) | {g for s in persona for g in self.sent_groups.get(s, ())}
 
-    def personas(self, persona: Sequence[str], group: str = "", k: int = 1) -> list[tuple[str, ...]]:
-        """``k`` real personas of k distinct other groups, none sharing a sentence with ``persona``."""
+    def personas(self, persona: Sequence[str], group: str = "", k: int = 1,
+                 allow_fewer: bool = False) -> list[tuple[str, ...]]:
+        """``k`` real personas of k distinct other groups, none sharing a sentence with ``persona``;
+        ``allow_fewer``: as many as there are other groups (at least one) when fewer than ``k``."""
         bad, own = self.excluded_groups(persona, group), set(persona)
         by_group: dict[str, list] = {}
         for g, sents in self.entries:
             if g not in bad and not own.intersection(sents):
                 by_group.setdefault(g, []).append(sents)
+        if allow_fewer and by_group:
+            k = min(k, len(by_group))
         if len(by_group) < k:
             raise ValueError(f"DistractorSampler: {k} distractors wanted but only {len(by_group)} other persona "
                              f"groups in the pool; use a larger pool or fewer candidates")
@@ -175,7 +179,8 @@ def build_examples(sides: Sequence[DialogueSide], pool, kind: str = "persona", s
     with a fixed seed, so a resumed run sees the same examples.
 
     ``hard_k`` > 1 (a budget option, not the paper's: 1) draws ``hard_k`` personas of distinct other groups
-    and keeps the one with the highest TF-IDF cosine to the side's utterances: fewer, harder examples."""
+    and keeps the one with the highest TF-IDF cosine to the side's utterances: fewer, harder examples (from
+    fewer draws where the pool has fewer other groups, e.g. the shipped sample)."""
     sampler = DistractorSampler(pool, seed)
     if kind not in ("persona", "combination"):
         raise ValueError(f"build_examples: kind={kind!r}; expected 'persona' or 'combination'")
@@ -183,7 +188,7 @@ def build_examples(sides: Sequence[DialogueSide], pool, kind: str = "persona", s
         raise ValueError(f"build_examples: hard_k={hard_k} must be >= 1, and 1 unless kind='persona'")
     if kind == "combination":
         return [ReceiverExample(s.utterances, s.persona, sampler.combination(s.persona, s.group)) for s in sides]
-    draws = [sampler.personas(s.persona, s.group, hard_k) for s in sides]
+    draws = [sampler.personas(s.persona, s.group, hard_k, allow_fewer=True) for s in sides]
     if hard_k > 1:
         ir = IRScorer([" ".join(s.utterances) for s in sides] + [" ".join(e.sentences) for e in pool])
         draws = [[d[int(np.argmax(ir.personas(s, d)))]] for s, d in zip(sides, draws)]

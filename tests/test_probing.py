@@ -171,6 +171,10 @@ def test_hard_distractors_pick_the_candidate_sharing_most_words_with_the_side():
     assert hard == {("i play piano", "my hair is red")}  # 3 of 3 other groups drawn: the overlapping one wins
     with pytest.raises(ValueError, match="hard_k=2"):
         pb.build_examples([side], _pool(), kind="combination", hard_k=2)
+    # more draws wanted than other groups exist (the shipped sample has 8 groups): all of them are drawn
+    assert {pb.build_examples([side], _pool(), seed=s, hard_k=8)[0].distractor for s in range(5)} == hard
+    with pytest.raises(ValueError, match="8 distractors wanted but only 3 other persona groups"):
+        pb.DistractorSampler(_pool(), seed=0).personas(side.persona, side.group, 8)  # probe items stay strict
 
 
 def test_sample_sides_are_group_disjoint_and_identical_across_modes_but_for_personas():
