@@ -1,4 +1,6 @@
 """profile helpers: the manifest's commit stamp."""
+
+
 def test_git_commit_is_dirty_for_code_changes_but_not_for_rewritten_outputs(tmp_path):
     import subprocess
 
