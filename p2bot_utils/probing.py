@@ -146,15 +146,24 @@ class DistractorSampler:
     def excluded_groups(self, persona: Sequence[str], group: str = "") -> set:
         return ({group} if group else set()) | {g for s in persona for g in self.sent_groups.get(s, ())}
 
-    def personas(self, persona: Sequence[str], group: str = "", k: int = 1,
-                 allow_fewer: bool = False) -> list[tuple[str, ...]]:
-        """``k`` real personas of k distinct other groups, none sharing a sentence with ``persona``;
-        ``allow_fewer``: as many as there are other groups (at least one) when fewer than ``k``."""
+    def _other_groups(self, persona: Sequence[str], group: str = "") -> dict[str, list]:
+        """Pool personas a distractor may be drawn from, by group (sorted draws keep it reproducible)."""
         bad, own = self.excluded_groups(persona, group), set(persona)
         by_group: dict[str, list] = {}
         for g, sents in self.entries:
             if g not in bad and not own.intersection(sents):
                 by_group.setdefault(g, []).append(sents)
+        return by_group
+
+    def n_other_groups(self, persona: Sequence[str], group: str = "") -> int:
+        """How many distinct groups a distractor for ``persona`` can come from."""
+        return len(self._other_groups(persona, group))
+
+    def personas(self, persona: Sequence[str], group: str = "", k: int = 1,
+                 allow_fewer: bool = False) -> list[tuple[str, ...]]:
+        """``k`` real personas of k distinct other groups, none sharing a sentence with ``persona``;
+        ``allow_fewer``: as many as there are other groups (at least one) when fewer than ``k``."""
+        by_group = self._other_groups(persona, group)
         if allow_fewer and by_group:
             k = min(k, len(by_group))
         if len(by_group) < k:
@@ -381,12 +390,18 @@ def run_probe(items: Sequence[ProbeItem], scorers: dict[str, object], mrr_pool: 
     return rows
 
 
-def probe_setup(split: SideSplit, part: str = "test", n_candidates: int = 32, seed: int = 0
-                ) -> tuple[list[ProbeItem], list[str]]:
+def probe_setup(split: SideSplit, part: str = "test", n_candidates: int = 32, seed: int = 0,
+                allow_fewer: bool = False) -> tuple[list[ProbeItem], list[str]]:
     """Probe items for one part (distractors: personas of every part, other groups) and the sorted list
-    of every distinct persona sentence (for ``mrr_pool="all"``)."""
+    of every distinct persona sentence (for ``mrr_pool="all"``). ``allow_fewer`` (for the shipped sample,
+    which has 10 persona groups): every item gets ``min(n_candidates, 1 + the fewest other groups any side
+    can draw from)`` candidates, the same number for all; otherwise too small a pool is an error."""
     pool = pool_from_sides([*split.train, *split.dev, *split.test])
-    items = build_probe_items(getattr(split, part), pool, n_candidates, seed)
+    sides = getattr(split, part)
+    if allow_fewer and sides:
+        sampler = DistractorSampler(pool, seed)
+        n_candidates = min(n_candidates, 1 + min(sampler.n_other_groups(s.persona, s.group) for s in sides))
+    items = build_probe_items(sides, pool, n_candidates, seed)
     return items, sorted({s for e in pool for s in e.sentences})
 
 

@@ -200,3 +200,18 @@ def test_select_score_tau_picks_the_grid_value_with_the_best_dev_hits(tokenizer)
     assert set(hits) == {0.5, 2.0} and hits[tau] == max(hits.values()) and r.config.score_tau == tau
     r.config.score_tau = tau
     assert pb.probe(items, scorer)["hits@1"] == pytest.approx(hits[tau])
+
+
+def test_probe_setup_on_a_pool_with_too_few_groups_fails_or_uses_one_smaller_count_for_every_side():
+    sides = [pb.DialogueSide(f"e{i}", "own", (f"utterance {i}",), tuple(e.sentences), e.group)
+             for i, e in enumerate(_pool())]  # groups g1 g1 g2 g3 g4 g5
+    split = pb.SideSplit(sides[:1], [], sides[1:], "sample", {})
+    sampler = pb.DistractorSampler(pb.pool_from_sides(sides), seed=0)
+    # g1's variants and g2 (shares "i am tall") are excluded for the first g1 side: g3, g4, g5 remain
+    assert sampler.n_other_groups(sides[0].persona, "g1") == 3
+    with pytest.raises(ValueError, match="31 distractors wanted"):
+        pb.probe_setup(split, "test", n_candidates=32)
+    items, _ = pb.probe_setup(split, "test", n_candidates=32, allow_fewer=True)
+    n = {len(it.candidates) for it in items}
+    assert n == {4}  # 1 + the fewest other groups any test side has (g2: 3), the same for every side
+    assert all(it.candidates[it.true_index] == it.side.persona for it in items)
