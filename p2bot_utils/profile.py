@@ -118,10 +118,19 @@ def save_figure(fig, path_stem: str | os.PathLike, formats: tuple[str, ...] = ("
     return out
 
 
+SAMPLE_WARNING = "SHIPPED SYNTHETIC SAMPLE, NOT PERSONA-CHAT: these numbers say nothing about the paper"
+
+
 def write_table(df, path_stem: str | os.PathLike, floatfmt: str = ".2f") -> tuple[Path, Path]:
-    """Write a pandas DataFrame as CSV and Markdown (``<stem>.csv``, ``<stem>.md``), atomically."""
+    """Write a pandas DataFrame as CSV and Markdown (``<stem>.csv``, ``<stem>.md``), atomically. Into a
+    ``<profile>-sample`` folder (``output_dirs`` on the shipped sample) every table says so: a ``data_warning``
+    column in the CSV and a first line in the Markdown."""
+    md_text = df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
+    if Path(path_stem).parent.name.endswith("-sample"):
+        df = df.assign(data_warning=SAMPLE_WARNING)
+        md_text = f"**{SAMPLE_WARNING}.**\n\n{md_text}"
     csv = atomic_write_text(f"{path_stem}.csv", df.to_csv(index=False))
-    md = atomic_write_text(f"{path_stem}.md", df.to_markdown(index=False, floatfmt=floatfmt) + "\n")
+    md = atomic_write_text(f"{path_stem}.md", md_text)
     return csv, md
 
 

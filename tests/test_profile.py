@@ -19,3 +19,19 @@ def test_git_commit_is_dirty_for_code_changes_but_not_for_rewritten_outputs(tmp_
     assert git_commit(tmp_path) == head
     (tmp_path / "code.py").write_text("b\n")
     assert git_commit(tmp_path) == head + "+dirty"
+
+
+def test_tables_written_for_the_shipped_sample_say_so_and_real_ones_are_unchanged(tmp_path):
+    import pandas as pd
+
+    from p2bot_utils.profile import SAMPLE_WARNING, write_table
+
+    df = pd.DataFrame({"system": ["a"], "hits": [1.0]})
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo-sample").mkdir()
+    real_csv, real_md = write_table(df, tmp_path / "demo" / "t")
+    assert pd.read_csv(real_csv).columns.tolist() == ["system", "hits"]
+    assert real_md.read_text() == df.to_markdown(index=False, floatfmt=".2f") + "\n"
+    csv, md = write_table(df, tmp_path / "demo-sample" / "t")
+    assert pd.read_csv(csv)["data_warning"].tolist() == [SAMPLE_WARNING]
+    assert md.read_text().startswith(f"**{SAMPLE_WARNING}.**\n\n|")
