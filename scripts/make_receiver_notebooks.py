@@ -334,9 +334,14 @@ if source == "sample":
     print("#" * 100)
     print("#  USING THE SHIPPED SYNTHETIC SAMPLE, NOT PERSONA-CHAT: numbers below say nothing about the paper.")
     print("#" * 100)
-probes = {m: probing.probe_setup(sp, probe_part, probe_n_candidates, seed) for m, sp in splits.items()}
+# the shipped sample has 10 persona groups: there, fewer candidates than asked (the same number for every side)
+few = source == "sample"
+probes = {m: probing.probe_setup(sp, probe_part, probe_n_candidates, seed, allow_fewer=few) for m, sp in splits.items()}
 for m, (items, sentences) in probes.items():
-    print(f"{m}: {len(items)} {probe_part} sides, {probe_n_candidates} candidates each, "
+    n_cand = len(items[0].candidates) if items else probe_n_candidates
+    if n_cand < probe_n_candidates:
+        print(f"!!! {m}: only {n_cand} candidates per side (asked {probe_n_candidates}): the sample has too few persona groups")
+    print(f"{m}: {len(items)} {probe_part} sides, {n_cand} candidates each, "
           f"{len(sentences)} distinct persona sentences in the pool")
 '''),
     md(r"""
@@ -368,7 +373,7 @@ if probe_zero_shot_backbone:
     receivers = {"Receiver (untrained)": probing.ReceiverScorer(untrained.to(device)), **receivers}
 tau_choice = {}
 if probe_select_tau:  # model selection on held-out dev sides, never on the test sides
-    dev_items = [it for sp in splits.values() for it in probing.probe_setup(sp, "dev", probe_n_candidates, seed)[0]]
+    dev_items = [it for sp in splits.values() for it in probing.probe_setup(sp, "dev", probe_n_candidates, seed, allow_fewer=few)[0]]
     for label, sc in receivers.items():
         tau_choice[label], dev_hits = probing.select_score_tau(sc, dev_items, probe_tau_grid)
         print(f"{label}: dev Hits@1 by tau {dev_hits} -> scoring tau {tau_choice[label]}")
