@@ -145,10 +145,26 @@ class Transmitter(nn.Module):
             torch.manual_seed(seed)
             lm.resize_token_embeddings(len(tokenizer))
             model = cls(lm, tokenizer, config)
+            model._init_clf_from_eos()
             if model.head is not None:
                 nn.init.normal_(model.head[1].weight, std=0.02)
                 nn.init.zeros_(model.head[1].bias)
         return model
+
+    @torch.no_grad()
+    def _init_clf_from_eos(self) -> None:
+        """Start ``<clf>``'s embedding (input and output rows) as a copy of the backbone's end-of-text token, so
+        that the pretrained LM already predicts the end of a reply where it would end a text. A fresh row (the
+        mean of the old ones) is predicted with log p ≈ −9 at the reply's end even after 100 fine-tuning steps,
+        and replies then run on to the token limit. Backbones without an end token (openai-gpt) keep the fresh row."""
+        eos = self.tokenizer.eos_token_id
+        if eos is None or eos == self.ids.clf:
+            return
+        for emb in {id(e): e for e in (self.lm.get_input_embeddings(), self.lm.get_output_embeddings()) if e is not None}.values():
+            emb.weight[self.ids.clf] = emb.weight[eos]
+        out = self.lm.get_output_embeddings()
+        if out is not None and getattr(out, "bias", None) is not None:
+            out.bias[self.ids.clf] = out.bias[eos]
 
     @property
     def device(self) -> torch.device:
@@ -306,16 +322,48 @@ def _decode(model: Transmitter, ids: Sequence[int]) -> str:
     return model.tokenizer.decode([t for t in ids if t != model.ids.clf], skip_special_tokens=True).strip()
 
 
-def beam_candidates(model: Transmitter, personas, histories, num_beams: int = 2, max_new_tokens: int = 32):
-    """Every beam of a beam search through ``generate()``: B lists of ``num_beams`` reply id lists."""
-    from transformers import GenerationConfig
+def reply_ngram_bans(reply_ids: Sequence[int], n: int) -> set[int]:
+    """Tokens that would repeat an n-gram already in the reply so far (the released code's
+    ``no_repeat_ngram_size``): the last n−1 tokens followed by t must not occur earlier in ``reply_ids``."""
+    if n < 1 or len(reply_ids) < n - 1:
+        return set()
+    if n == 1:
+        return set(map(int, reply_ids))
+    prefix = tuple(reply_ids[len(reply_ids) - (n - 1):])
+    return {int(reply_ids[i + n - 1]) for i in range(len(reply_ids) - n + 1)
+            if tuple(reply_ids[i:i + n - 1]) == prefix}
+
+
+class NoRepeatNGramInReply:
+    """``generate()`` logits processor: ban n-gram repeats WITHIN the generated reply. (transformers'
+    ``no_repeat_ngram_size`` also counts the prompt, which for a decoder-only model is the persona and the
+    history: it would forbid "i like dogs" to a persona that says "i like dogs".)"""
+
+    def __init__(self, n: int, prompt_len: int):
+        self.n, self.prompt_len = n, prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row, seq in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            banned = reply_ngram_bans(seq, self.n)
+            if banned:
+                scores[row, list(banned)] = -float("inf")
+        return scores
+
+
+def beam_candidates(model: Transmitter, personas, histories, num_beams: int = 2, max_new_tokens: int = 32,
+                    block_ngram: int = 0):
+    """Every beam of a beam search through ``generate()``: B lists of ``num_beams`` reply id lists.
+    ``block_ngram`` = n > 0 forbids repeating any n-gram inside a reply (released code: 2; paper: 0 = off)."""
+    from transformers import GenerationConfig, LogitsProcessorList
 
     b = layout_batch(model, personas, histories, None, side="left")
     cfg = GenerationConfig(num_beams=num_beams, num_return_sequences=num_beams, do_sample=False,
                            max_new_tokens=max_new_tokens, min_new_tokens=1, eos_token_id=model.ids.clf,
                            pad_token_id=model.ids.pad, suppress_tokens=banned_ids(model), early_stopping=True,
                            length_penalty=1.0)
-    gen = model.lm.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], generation_config=cfg)
+    procs = LogitsProcessorList([NoRepeatNGramInReply(block_ngram, b["input_ids"].shape[1])] if block_ngram else [])
+    gen = model.lm.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], generation_config=cfg,
+                            logits_processor=procs)
     new = gen[:, b["input_ids"].shape[1]:].tolist()  # (B*K, L)
     return [[_split_reply(model, new[i * num_beams + k]) for k in range(num_beams)] for i in range(len(personas))]
 
@@ -323,16 +371,17 @@ def beam_candidates(model: Transmitter, personas, histories, num_beams: int = 2,
 @torch.no_grad()
 def generate_replies(model: Transmitter, personas, histories, *, num_beams: int = 2, max_new_tokens: int = 32,
                      alpha: float = 0.1, batch_size: int = 16, return_beams: bool = False,
-                     show_progress: bool = False):
+                     show_progress: bool = False, block_ngram: int = 0):
     """Beam search (size 2, up to 32 tokens), every beam re-scored, the reply chosen by Eq. 3:
     alpha · (1/|y|) log p(y|s) + (1 − alpha) · log p(y=1|s, y) (alpha = 1, or −Next, gives Eq. 2).
-    Returns texts; with ``return_beams`` dicts holding every beam with its two scores."""
+    Returns texts; with ``return_beams`` dicts holding every beam with its two scores. ``block_ngram``: see
+    ``beam_candidates`` (0 = paper)."""
     from tqdm.auto import trange
 
     out = []
     for lo in trange(0, len(personas), batch_size, disable=not show_progress, desc="generate", leave=False):
         P, H = personas[lo:lo + batch_size], histories[lo:lo + batch_size]
-        beams = beam_candidates(model, P, H, num_beams, max_new_tokens)
+        beams = beam_candidates(model, P, H, num_beams, max_new_tokens, block_ngram)
         K = num_beams
         flat = [r for bs in beams for r in bs]
         lm_sum, n_tok, logit = score_replies(model, [p for p in P for _ in range(K)],

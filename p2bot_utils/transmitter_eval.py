@@ -146,7 +146,7 @@ def _generation_metrics(model, turns, gen_kw, jsonl_path) -> dict:
                  "history": t["history"], "gold": t["reply"], **o, "f1": f, "bleu": b}
                 for t, o, f, b in zip(turns, outs, f1, bleu)]
         atomic_write_text(jsonl_path, "".join(json.dumps(r) + "\n" for r in rows))
-    out = {"n_gen_turns": len(turns)}
+    out = {"n_gen_turns": len(turns), "per_turn_f1": f1}
     out.update(dict(zip(("f1", "f1_se"), metrics.mean_and_stderr(f1))))
     out.update(dict(zip(("bleu", "bleu_se"), metrics.mean_and_stderr(bleu))))
     return out
@@ -155,11 +155,13 @@ def _generation_metrics(model, turns, gen_kw, jsonl_path) -> dict:
 def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = None, seed: int = 0, *,
                          rank: bool = True, generate: bool = True, gen_turns: int | None = None,
                          batch_size: int = 4, gen_batch_size: int = 8, alpha: float = 0.1, num_beams: int = 2,
-                         max_new_tokens: int = 32, jsonl_path=None, show_progress: bool = True) -> dict:
+                         max_new_tokens: int = 32, block_ngram: int = 0, jsonl_path=None,
+                         show_progress: bool = True) -> dict:
     """Hits@1 and MRR over each turn's candidates (NUP head; LM likelihood for −Next), perplexity of the gold
     reply per BPE token (reply tokens + <clf>), F1 / BLEU of the Eq. 3 beam-search reply on the first
     ``gen_turns`` of the (seeded, ``max_turns``) turn sample. Every mean comes with a standard error
-    (``*_se``), perplexity with a bootstrap 95% CI; ``n_turns`` / ``n_gen_turns`` say how many turns."""
+    (``*_se``), perplexity with a bootstrap 95% CI; ``n_turns`` / ``n_gen_turns`` say how many turns;
+    ``per_turn_rank`` / ``per_turn_f1`` keep the per-turn values for paired comparisons (``paired_difference``)."""
     turns = select_turns(episodes, max_turns, seed)
     if not turns or (rank and any(len(t["candidates"]) < 2 for t in turns)):
         raise ValueError("evaluate_transmitter: episodes need turns with >= 2 candidates (gold last)")
@@ -168,13 +170,16 @@ def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = N
            "ranking": ("nup" if model.head is not None else "lm_likelihood") if rank else None,
            "tokenizer": getattr(model.lm.config, "p2bot_tokenizer", model.config.backbone),
            "backbone": model.config.backbone, "variant": _variant_name(model)}
-    rank_out, _ = _ranking_metrics(model, turns, batch_size, rank, seed, show_progress)
+    rank_out, ranks = _ranking_metrics(model, turns, batch_size, rank, seed, show_progress)
     out.update(rank_out)
+    if ranks:
+        out["per_turn_rank"] = [int(x) for x in ranks]
     if generate:
         g = turns[:gen_turns] if gen_turns else turns
         out.update(_generation_metrics(model, g, dict(num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                                      alpha=alpha, batch_size=gen_batch_size,
+                                                      alpha=alpha, batch_size=gen_batch_size, block_ngram=block_ngram,
                                                       show_progress=show_progress), jsonl_path))
+        out["block_ngram"] = block_ngram
     return out
 
 
@@ -211,3 +216,12 @@ def evaluate_main(argv: Sequence[str]) -> int:
                 "split_method": data.info.get("split_method")})
     print(json.dumps(res, indent=None if args.json else 2, default=float))
     return 0
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
+    """Mean and standard error of a − b over the SAME turns (two systems evaluated on one turn sample): the
+    error of a difference, smaller than either system's own error when the turns' difficulty is shared."""
+    if len(a) != len(b) or not len(a):
+        raise ValueError(f"transmitter_eval.paired_difference: need two equally long, non-empty lists, got "
+                         f"{len(a)} and {len(b)}")
+    return metrics.mean_and_stderr([x - y for x, y in zip(a, b)])

@@ -69,6 +69,17 @@ def test_layout_of_a_real_example_prints_and_uses_added_special_tokens(tiny):
         assert len(tiny.tokenizer.encode(tok, add_special_tokens=False)) == 1
 
 
+def test_clf_starts_as_the_backbones_end_token_so_replies_can_end(tiny):
+    emb = tiny.lm.get_input_embeddings().weight
+    eos = tiny.tokenizer.eos_token_id
+    assert eos is not None and eos != tiny.ids.clf
+    assert torch.equal(emb[tiny.ids.clf], emb[eos])
+    assert not torch.equal(emb[tiny.ids.persona], emb[eos])  # the other markers keep their fresh rows
+    h = torch.randn(3, emb.shape[1])
+    logits = tiny.lm_logits(h)
+    assert torch.allclose(logits[:, tiny.ids.clf], logits[:, eos])  # predicted wherever a text would end
+
+
 def test_left_and_right_padding_give_the_same_head_logits_and_masks(tiny):
     right = layout_batch(tiny, PERSONAS, HISTORIES, REPLIES, side="right")
     left = layout_batch(tiny, PERSONAS, HISTORIES, REPLIES, side="left")
@@ -180,6 +191,28 @@ def test_generate_returns_every_beam_and_the_eq3_choice(tiny):
     assert texts == [o["reply"] for o in outs]
 
 
+def test_reply_ngram_bans_on_hand_made_replies():
+    from p2bot_utils.transmitter import reply_ngram_bans
+
+    assert reply_ngram_bans([5, 6, 7, 5], 2) == {6}          # "5 6" seen, the reply ends in 5: 6 would repeat it
+    assert reply_ngram_bans([5, 6, 5, 7, 5], 2) == {6, 7}
+    assert reply_ngram_bans([5, 6, 7], 2) == set()
+    assert reply_ngram_bans([1, 2, 3, 1, 2], 3) == {3}
+    assert reply_ngram_bans([4, 4], 1) == {4} and reply_ngram_bans([], 2) == set()
+
+
+def test_blocking_ngrams_keeps_every_beam_free_of_repeated_bigrams(tiny):
+    from p2bot_utils.transmitter import beam_candidates
+
+    def repeats(block):
+        beams = beam_candidates(tiny, PERSONAS, HISTORIES, num_beams=2, max_new_tokens=12, block_ngram=block)
+        ids = [[t for t in r if t != tiny.ids.clf] for per_turn in beams for r in per_turn]
+        return [len(list(zip(r, r[1:]))) - len(set(zip(r, r[1:]))) for r in ids]
+
+    assert sum(repeats(0)) > 0  # the untrained tiny model loops without blocking
+    assert repeats(2) == [0] * 6
+
+
 def test_sampled_log_probs_are_recomputed_with_gradient(tiny):
     g = torch.Generator().manual_seed(0)
     s = sample_replies(tiny, PERSONAS, HISTORIES, max_new_tokens=6, temperature=0.8, top_k=50, generator=g)
@@ -248,6 +281,9 @@ def test_evaluate_reports_counts_and_errors(tiny, tmp_path):
         assert 0.0 <= res[key] <= 1.0 and f"{key}_se" in res
     assert res["ppl_ci95"][0] <= res["ppl"] <= res["ppl_ci95"][1] and res["ranking"] == "nup"
     assert len((tmp_path / "gen.jsonl").read_text().splitlines()) == 2
+    assert len(res["per_turn_rank"]) == 4 and len(res["per_turn_f1"]) == 2
+    assert sum(r == 1 for r in res["per_turn_rank"]) / 4 == pytest.approx(res["hits@1"])
+    assert sum(res["per_turn_f1"]) / 2 == pytest.approx(res["f1"])
     with pytest.raises(ValueError, match="candidates"):
         evaluate_transmitter(tiny, [_episode("n", ["p"], ["r"])], show_progress=False)
 
@@ -261,3 +297,15 @@ def test_real_dev_turns_rank_and_lay_out(tiny):
     assert res["n_turns"] == 2 and res["n_candidates"] == 20
     b = layout_batch(tiny, [list(data.dev[0].own_persona)], [[data.dev[0].turns[0].partner]], ["ok"])
     assert b["input_ids"].shape[1] <= tiny.config.max_len
+
+
+def test_paired_difference_is_the_mean_and_stderr_of_per_turn_differences():
+    from p2bot_utils.transmitter_eval import paired_difference
+
+    mean, se = paired_difference([0.5, 0.2, 0.9], [0.1, 0.2, 0.3])  # differences 0.4, 0.0, 0.6
+    assert mean == pytest.approx(1.0 / 3)
+    var = ((0.4 - 1 / 3) ** 2 + (0 - 1 / 3) ** 2 + (0.6 - 1 / 3) ** 2) / 2
+    assert se == pytest.approx((var / 3) ** 0.5)
+    with pytest.raises(ValueError, match="equally long"):
+        paired_difference([1.0], [1.0, 2.0])
+
