@@ -398,3 +398,63 @@ def summarise_logs(logs: dict, frac: float = 0.2):
                 rows.append({"variant": variant, "metric": m, "start": start, "end": end, "change": end - start,
                              "updates": len(log), "window": k})
     return pd.DataFrame(rows)
+
+
+# --- a fixed, paired evaluation of policies (before / after self-play) --------------------------------------
+EVAL_TERMS = ("r1", "r2", "r3", "reward")
+
+
+def eval_inputs(persona_pool, openings: Sequence[str], n_dialogues: int, seed: int):
+    """``n_dialogues`` (persona_A, persona_B, opening) drawn with ``seed`` alone — the same for every policy
+    evaluated, and apart from the training draws when ``seed`` differs from the training seed."""
+    rng = random.Random(f"selfplay-eval-{seed}")
+    pairs = draw_persona_pairs(persona_pool, n_dialogues, rng)
+    opens = [rng.choice(list(openings)) for _ in pairs]
+    return [a for a, _ in pairs], [b for _, b in pairs], opens
+
+
+@torch.no_grad()
+def evaluate_policy(learner, user, models: RewardModels, persona_pool, openings: Sequence[str],
+                    config: SelfPlayConfig, n_dialogues: int, seed: int, batch_size: int | None = None,
+                    show_progress: bool = True):
+    """Self-play ``n_dialogues`` fixed dialogues (``eval_inputs``) with ``learner`` as B, sampling as in
+    training from the same torch seed per batch (common random numbers, so two policies are compared on the
+    same draws), and score every a^B_n with ALL reward terms -> DataFrame, one row per dialogue: the mean over
+    B's turns of r1, r2, r3 and of ``reward`` = Eq. 10 with all three terms (the full P²Bot objective, whatever
+    ``config.rewards`` says), plus B's reply length."""
+    import pandas as pd
+
+    models.frozen()
+    learner.eval()
+    full = SelfPlayConfig(**{**asdict(config), "rewards": rw.REWARD_NAMES, "log_all_rewards": True,
+                             "repetition_penalty": 0.0})
+    pa, pb, opens = eval_inputs(persona_pool, openings, n_dialogues, seed)
+    bs, rows = batch_size or config.batch_size, []
+    for start in tqdm(range(0, n_dialogues, bs), desc="self-play eval", disable=not show_progress, leave=False):
+        sl = slice(start, start + bs)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed * 1_000_003 + start)
+            ro = rollout(learner, user, pa[sl], pb[sl], opens[sl], full)
+        comps = compute_rewards(ro, models, full)
+        for i in range(len(ro.agent)):
+            rows.append({"dialogue": start + i, **{k: float(comps[k][i].mean()) for k in EVAL_TERMS},
+                         "response_len": float(ro.reply_tokens[i].mean())})
+    return pd.DataFrame(rows)
+
+
+def paired_change(before, after, terms: Sequence[str] = EVAL_TERMS):
+    """Per term: mean before, mean after, the mean paired difference (after − before, dialogue by dialogue) and
+    its standard error; ``significant`` when |change| > 2 SE. ``before`` / ``after``: ``evaluate_policy`` frames
+    of the same dialogues."""
+    import pandas as pd
+
+    if list(before["dialogue"]) != list(after["dialogue"]):
+        raise ValueError("selfplay.paired_change: before and after must be evaluations of the same dialogues")
+    rows = []
+    for t in terms:
+        d = after[t].to_numpy() - before[t].to_numpy()
+        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+        rows.append({"metric": t, "before": float(before[t].mean()), "after": float(after[t].mean()),
+                     "change": float(d.mean()), "change_se": se, "n_dialogues": len(d),
+                     "significant": bool(len(d) > 1 and abs(d.mean()) > 2 * se)})
+    return pd.DataFrame(rows)

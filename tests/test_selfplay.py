@@ -232,3 +232,38 @@ def test_training_logs_every_step_and_a_resumed_run_ends_where_an_uninterrupted_
     rows = list(csv.DictReader((tmp_path / "b" / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2] and rows[-1]["dialogues"] == "4"
     assert float(rows[0]["reward"]) == pytest.approx(res_whole.log[0]["reward"], rel=1e-5)
+
+
+# --- the fixed, paired evaluation ----------------------------------------------------------------------------
+def test_eval_inputs_are_a_function_of_the_seed_alone():
+    a = sp.eval_inputs(POOL, OPENINGS, 5, seed=3)
+    assert a == sp.eval_inputs(POOL, OPENINGS, 5, seed=3)
+    assert len(a[0]) == len(a[1]) == len(a[2]) == 5
+    assert a != sp.eval_inputs(POOL, OPENINGS, 5, seed=4)
+
+
+def test_paired_change_is_the_mean_dialogue_difference_with_its_standard_error():
+    import pandas as pd
+
+    before = pd.DataFrame({"dialogue": [0, 1, 2], "reward": [1.0, 2.0, 3.0]})
+    after = pd.DataFrame({"dialogue": [0, 1, 2], "reward": [2.0, 2.5, 5.0]})  # differences 1, 0.5, 2
+    row = sp.paired_change(before, after, terms=["reward"]).iloc[0]
+    assert row["before"] == pytest.approx(2.0) and row["after"] == pytest.approx(9.5 / 3)
+    assert row["change"] == pytest.approx(3.5 / 3)
+    sd = ((1 - 3.5 / 3) ** 2 + (0.5 - 3.5 / 3) ** 2 + (2 - 3.5 / 3) ** 2) / 2
+    assert row["change_se"] == pytest.approx((sd / 3) ** 0.5)
+    assert row["significant"] == bool(3.5 / 3 > 2 * (sd / 3) ** 0.5)
+    with pytest.raises(ValueError, match="same dialogues"):
+        sp.paired_change(before, after.iloc[:2], terms=["reward"])
+
+
+def test_evaluating_one_policy_twice_gives_identical_rows_and_all_terms(models):
+    cfg = _cfg(rewards=("r1",))  # the evaluation scores every term whatever the variant trains on
+    learner, user, judges = _players(models, cfg)
+    a = sp.evaluate_policy(learner, user, judges, POOL, OPENINGS, cfg, n_dialogues=3, seed=7, show_progress=False)
+    b = sp.evaluate_policy(learner, user, judges, POOL, OPENINGS, cfg, n_dialogues=3, seed=7, show_progress=False)
+    assert list(a["dialogue"]) == [0, 1, 2]
+    assert a.equals(b)
+    full = a["r1"] * 0.4 + a["r2"] * 0.1 + a["r3"] * 0.5
+    assert a["reward"].to_numpy() == pytest.approx(full.to_numpy(), abs=1e-5)
+    assert (sp.paired_change(a, b)["change"] == 0).all()
