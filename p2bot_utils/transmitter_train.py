@@ -147,15 +147,18 @@ class TransmitterLoss:
 
 # --- building and training one variant --------------------------------------------------------------------
 def build_transmitter(backbone: str, variant: str = "full", max_len: int = 256, max_reply_tokens: int = 32,
-                      seed: int = 0, cache_dir=None) -> Transmitter:
-    """A fresh Transmitter of a Table 3 variant on top of ``backbones.load_causal_lm(backbone)``."""
+                      seed: int = 0, cache_dir=None, head_dropout: float = 0.1) -> Transmitter:
+    """A fresh Transmitter of a Table 3 variant on top of ``backbones.load_causal_lm(backbone)``;
+    ``head_dropout`` is the dropout on the ``<clf>`` state before the NUP head (GPT's 0.1 by default)."""
     from p2bot_utils.backbones import load_causal_lm
 
     if variant not in VARIANTS:
         raise ValueError(f"transmitter_train: variant must be one of {list(VARIANTS)}, got {variant!r}")
     lm, tok = load_causal_lm(backbone, cache_dir=cache_dir)
+    if not 0.0 <= head_dropout < 1.0:
+        raise ValueError(f"transmitter_train: head_dropout={head_dropout} must be in [0, 1)")
     cfg = TransmitterConfig(backbone=backbone, max_len=max_len, max_reply_tokens=max_reply_tokens,
-                            **VARIANTS[variant][1])
+                            head_dropout=head_dropout, **VARIANTS[variant][1])
     return Transmitter.from_backbone(lm, tok, cfg, seed=seed)
 
 
@@ -167,7 +170,8 @@ def train_variant(params: dict, train_episodes: Sequence, variant: str, run_root
 
     name = VARIANTS[variant][0]
     model = build_transmitter(params["transmitter_backbone"], variant, params["transmitter_max_len"],
-                              params["transmitter_max_reply_tokens"], params.get("seed", 0))
+                              params["transmitter_max_reply_tokens"], params.get("seed", 0),
+                              head_dropout=params.get("transmitter_head_dropout", 0.1))
     steps = params.get(f"transmitter_{variant}_max_steps", params.get("transmitter_max_steps", -1))
     cfg = TrainConfig.from_params(params, "transmitter_", out_dir=str(Path(run_root) / f"{name}.train"),
                                   max_steps=steps, log_csv=str(Path(log_dir) / f"{name.replace('-', '_')}_log.csv"))
