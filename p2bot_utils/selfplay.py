@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from p2bot_utils import rewards as rw
 from p2bot_utils import transmitter as tx
-from p2bot_utils.metrics import distinct_n
+from p2bot_utils.metrics import distinct_n, mean_and_stderr
 from p2bot_utils.rewards import RewardModels, _flat, compute_rewards, receiver_scores  # noqa: F401
 from p2bot_utils.profile import atomic_write_text
 
@@ -452,9 +452,8 @@ def paired_change(before, after, terms: Sequence[str] = EVAL_TERMS):
         raise ValueError("selfplay.paired_change: before and after must be evaluations of the same dialogues")
     rows = []
     for t in terms:
-        d = after[t].to_numpy() - before[t].to_numpy()
-        se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+        mean, se = mean_and_stderr(after[t].to_numpy() - before[t].to_numpy())
         rows.append({"metric": t, "before": float(before[t].mean()), "after": float(after[t].mean()),
-                     "change": float(d.mean()), "change_se": se, "n_dialogues": len(d),
-                     "significant": bool(len(d) > 1 and abs(d.mean()) > 2 * se)})
+                     "change": mean, "change_se": se, "n_dialogues": len(after),
+                     "significant": bool(abs(mean) > 2 * se)})  # False when se is NaN (one dialogue)
     return pd.DataFrame(rows)

@@ -160,9 +160,9 @@ class Transmitter(nn.Module):
         eos = self.tokenizer.eos_token_id
         if eos is None or eos == self.ids.clf:
             return
-        for emb in {id(e): e for e in (self.lm.get_input_embeddings(), self.lm.get_output_embeddings()) if e is not None}.values():
+        inp, out = self.lm.get_input_embeddings(), self.lm.get_output_embeddings()
+        for emb in {id(e): e for e in (inp, out) if e is not None}.values():  # once when tied
             emb.weight[self.ids.clf] = emb.weight[eos]
-        out = self.lm.get_output_embeddings()
         if out is not None and getattr(out, "bias", None) is not None:
             out.bias[self.ids.clf] = out.bias[eos]
 

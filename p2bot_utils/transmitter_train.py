@@ -154,9 +154,9 @@ def build_transmitter(backbone: str, variant: str = "full", max_len: int = 256, 
 
     if variant not in VARIANTS:
         raise ValueError(f"transmitter_train: variant must be one of {list(VARIANTS)}, got {variant!r}")
-    lm, tok = load_causal_lm(backbone, cache_dir=cache_dir)
     if not 0.0 <= head_dropout < 1.0:
         raise ValueError(f"transmitter_train: head_dropout={head_dropout} must be in [0, 1)")
+    lm, tok = load_causal_lm(backbone, cache_dir=cache_dir)
     cfg = TransmitterConfig(backbone=backbone, max_len=max_len, max_reply_tokens=max_reply_tokens,
                             head_dropout=head_dropout, **VARIANTS[variant][1])
     return Transmitter.from_backbone(lm, tok, cfg, seed=seed)
