@@ -8,6 +8,7 @@ with the Receiver's persona cache vs one dialogue at a time). Each part is a fun
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Callable, Sequence
 
@@ -52,7 +53,9 @@ def transmitter_train_flops(model, batch: dict) -> float:
 def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
     from p2bot_utils.transmitter_train import TransmitterCollator, TransmitterLoss
 
-    col, loss_fn = TransmitterCollator.for_model(model), TransmitterLoss()
+    # the paper's layout: one full (context, reply) row for the gold and one for its distractor
+    col = dataclasses.replace(TransmitterCollator.for_model(model), shared_context=False)
+    loss_fn = TransmitterLoss()
     batch = {k: v.to(model.device) for k, v in col(examples[:batch_size]).items()}
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     model.train()

@@ -195,9 +195,15 @@ class Transmitter(nn.Module):
         h_clf = h[torch.arange(h.shape[0], device=h.device), clf_index]  # (B, H)
         return self.head(h_clf).squeeze(-1).float()
 
-    def forward(self, input_ids, attention_mask, position_ids=None, labels=None, clf_index=None):
+    def forward(self, input_ids, attention_mask, position_ids=None, labels=None, clf_index=None, candidates=None):
         """``lm_logits`` (M, V) and ``lm_targets`` (M,) at the M labelled positions only (the LM head over
-        the whole vocabulary is computed where Eq. 1 needs it), and ``nup_logits`` (B,) when asked."""
+        the whole vocabulary is computed where Eq. 1 needs it), ``lm_rows`` (M,) the row of each, and
+        ``nup_logits`` (B,) when asked.
+
+        With ``candidates`` (see ``shared_context_forward``) the inputs are B contexts, each shared by C
+        candidate replies: the same outputs for the B·C (context, candidate) rows, context computed once."""
+        if candidates is not None:
+            return self._forward_shared(input_ids, attention_mask, position_ids, candidates)
         h, _ = self.hidden(input_ids, attention_mask, position_ids)  # (B, T, H)
         out = {}
         if labels is not None:
@@ -207,6 +213,38 @@ class Transmitter(nn.Module):
             out["lm_rows"] = sel.nonzero()[:, 0]  # (M,) which example each target belongs to
         if clf_index is not None and self.head is not None:
             out["nup_logits"] = self.nup_logit(h, clf_index)
+        return out
+
+    def _forward_shared(self, input_ids, attention_mask, position_ids, candidates: dict) -> dict:
+        """B left-padded contexts (ending with ``<self>``) run once; their KV cache is repeated C times and the
+        B·C right-padded candidates (row i·C + j belongs to context i, each ending with ``<clf>``) run on it.
+        ``candidates``: ``input_ids``, ``attention_mask``, ``position_ids`` (B·C, Tk) from ``pad_batch`` and
+        optional ``labels`` (the candidate's ids where its LM log-likelihood is wanted, else -100). A reply's
+        first token is predicted from the context's last position, token j > 0 from candidate position j − 1."""
+        if not self.supports_cache:
+            raise ValueError("transmitter: this backbone keeps no KV cache; lay out full (context, reply) rows")
+        B, (BC, Tk) = input_ids.shape[0], candidates["input_ids"].shape
+        if BC % B:
+            raise ValueError(f"transmitter: {BC} candidate rows do not split evenly over {B} contexts")
+        C = BC // B
+        h_ctx, cache = self.hidden(input_ids, attention_mask, position_ids, use_cache=True)  # (B, Tc, H)
+        cache.batch_repeat_interleave(C)
+        cmask = candidates["attention_mask"]
+        mask = torch.cat([attention_mask.repeat_interleave(C, 0), cmask], -1)  # (BC, Tc + Tk)
+        if position_ids is None:
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+        pos = position_ids[:, -1:].repeat_interleave(C, 0) + 1 + candidates["position_ids"]  # (BC, Tk)
+        h, _ = self.hidden(candidates["input_ids"], mask, pos, cache)  # (BC, Tk, H)
+        out = {}
+        labels = candidates.get("labels")
+        if labels is not None:
+            pred = torch.cat([h_ctx[:, -1:].repeat_interleave(C, 0), h[:, :-1]], 1)  # (BC, Tk, H): predicts token t
+            sel = labels != -100
+            out["lm_logits"] = self.lm_logits(pred[sel]).float()
+            out["lm_targets"] = labels[sel]
+            out["lm_rows"] = sel.nonzero()[:, 0]
+        if self.head is not None:
+            out["nup_logits"] = self.nup_logit(h, cmask.sum(-1) - 1)  # (BC,): <clf> is each row's last real token
         return out
 
     # --- one folder: backbone + tokenizer + head + layout settings (safetensors, no pickles) ---
@@ -254,6 +292,25 @@ def layout_batch(model: Transmitter, personas, histories, replies=None, side="ri
     batch = pad_batch([r["input_ids"] for r in rows], model.ids.pad, side, [r["labels"] for r in rows])
     batch["clf_index"] = torch.tensor([r["clf_index"] for r in rows]) + batch["offsets"]
     return {k: v.to(model.device) for k, v in batch.items()}
+
+
+def candidate_batch(candidates: Sequence[Sequence[int]], pad: int, labelled: Sequence[bool] | None = None) -> dict:
+    """Candidate replies (ids + ``<clf>``) right-padded for ``Transmitter.forward(..., candidates=...)``; rows
+    with ``labelled[r]`` carry LM labels (their own ids), the others -100 (no labels at all when None)."""
+    labels = None if labelled is None else [list(c) if keep else [-100] * len(c)
+                                            for c, keep in zip(candidates, labelled, strict=True)]
+    out = pad_batch(candidates, pad, "right", labels)
+    out.pop("offsets")
+    return out
+
+
+def shared_context_batch(contexts: Sequence[Sequence[int]], candidates: Sequence[Sequence[int]], pad: int,
+                         labelled: Sequence[bool] | None = None) -> dict:
+    """B contexts (``build_inputs(..., reply=None)`` ids, ending with ``<self>``) left-padded, plus their B·C
+    candidates (row i·C + j for context i, ``candidate_batch``): ``Transmitter.forward``'s inputs."""
+    ctx = pad_batch(contexts, pad, "left")
+    ctx.pop("offsets")
+    return {**ctx, "candidates": candidate_batch(candidates, pad, labelled)}
 
 
 def score_replies(model: Transmitter, personas, histories, replies=None, reply_ids=None):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from p2bot_utils import metrics
-from p2bot_utils.transmitter import (Transmitter, encode_texts, generate_replies, layout_batch, pad_batch,
-                                     score_replies)
+from p2bot_utils.transmitter import (Transmitter, candidate_batch, encode_texts, generate_replies,
+                                     layout_batch, score_replies)
 from p2bot_utils.transmitter_train import episode_turns
 
 
@@ -40,45 +40,31 @@ def _candidate_ids(model: Transmitter, candidates: Sequence[Sequence[str]]) -> l
 
 @torch.no_grad()
 def rank_candidates(model: Transmitter, personas, histories, candidates, lm_rows: str = "gold") -> dict:
-    """Score C candidates per context with ONE pass over the context (KV cache repeated C times).
+    """Score C candidates per context with ONE pass over the context (KV cache repeated C times;
+    ``Transmitter.forward(..., candidates=...)``, the same pass that trains the NUP head).
 
     Returns ``nup`` (B, C) NUP logits (None for −Next) and ``lm_sum`` / ``lm_n`` (B, C): summed log-likelihood
     of candidate tokens + ``<clf>`` and their count, for every candidate (``lm_rows="all"``) or only the gold
     (last; ``"gold"``, other entries NaN / 0) or none of them (``"none"``: NUP ranking only)."""
+    if lm_rows not in ("all", "gold", "none"):
+        raise ValueError(f"rank_candidates: lm_rows must be 'all', 'gold' or 'none', got {lm_rows!r}")
     B, C = len(personas), len(candidates[0])
     if not model.supports_cache:  # e.g. openai-gpt: no KV cache, score each pair in full
         return rank_candidates_per_pair(model, personas, histories, candidates, with_lm=lm_rows != "none")
     ctx = layout_batch(model, personas, histories, None, side="left")  # (B, Tc), ends with <self>
-    h_ctx, cache = model.hidden(ctx["input_ids"], ctx["attention_mask"], ctx["position_ids"], use_cache=True)
-    first_lp = model.lm_logits(h_ctx[:, -1]).float().log_softmax(-1)  # (B, V): predicts a reply's 1st token
-    cache.batch_repeat_interleave(C)
-    cb = pad_batch(_candidate_ids(model, candidates), model.ids.pad, "right")
-    ids, cmask = cb["input_ids"].to(model.device), cb["attention_mask"].to(model.device)  # (BC, Tk)
-    mask = torch.cat([ctx["attention_mask"].repeat_interleave(C, 0), cmask], -1)  # (BC, Tc + Tk)
-    pos = ctx["position_ids"][:, -1:].repeat_interleave(C, 0) + 1 + cb["position_ids"].to(model.device)
-    h, _ = model.hidden(ids, mask, pos, cache)  # (BC, Tk, H)
-    n_tok = cmask.sum(-1)  # (BC,)
-    nup = model.nup_logit(h, n_tok - 1).view(B, C) if model.head is not None else None
-    if lm_rows not in ("all", "gold", "none"):
-        raise ValueError(f"rank_candidates: lm_rows must be 'all', 'gold' or 'none', got {lm_rows!r}")
-    rows = torch.arange(B * C, device=ids.device)
-    rows = rows if lm_rows == "all" else rows[C - 1::C] if lm_rows == "gold" else rows[:0]
-    lm_sum = torch.full((B * C,), float("nan"), device=ids.device)
-    lm_sum[rows] = _candidate_log_lik(model, first_lp[rows // C], h[rows], ids[rows], cmask[rows])
-    lm_n = torch.zeros(B * C, dtype=torch.long, device=ids.device)
-    lm_n[rows] = n_tok[rows]
+    labelled = [lm_rows == "all" or (lm_rows == "gold" and r % C == C - 1) for r in range(B * C)]
+    b = candidate_batch(_candidate_ids(model, candidates), model.ids.pad, labelled if lm_rows != "none" else None)
+    out = model(ctx["input_ids"], ctx["attention_mask"], ctx["position_ids"],
+                candidates={k: v.to(model.device) for k, v in b.items()})
+    nup = out["nup_logits"].view(B, C) if model.head is not None else None
+    lm_sum = torch.full((B * C,), float("nan"), device=model.device)
+    lm_n = torch.zeros(B * C, dtype=torch.long, device=model.device)
+    if lm_rows != "none":
+        tok = -F.cross_entropy(out["lm_logits"], out["lm_targets"], reduction="none")  # (M,)
+        keep = torch.tensor(labelled, device=model.device)
+        lm_sum[keep] = torch.zeros(B * C, device=model.device).index_add(0, out["lm_rows"], tok)[keep]
+        lm_n = torch.bincount(out["lm_rows"], minlength=B * C)
     return {"nup": nup, "lm_sum": lm_sum.view(B, C), "lm_n": lm_n.view(B, C)}
-
-
-def _candidate_log_lik(model, first_lp, h, ids, mask) -> torch.Tensor:
-    """Summed log p of each row's candidate tokens: the 1st from the context's last position, token j > 0
-    from the candidate's position j − 1 (LM head only at real positions). (R, V), (R, Tk, H) -> (R,)"""
-    lp0 = first_lp.gather(-1, ids[:, :1]).squeeze(-1)  # (R,)
-    sel = mask[:, 1:].bool()  # (R, Tk-1)
-    logits = model.lm_logits(h[:, :-1][sel]).float()  # (M, V)
-    tok = -F.cross_entropy(logits, ids[:, 1:][sel], reduction="none")  # (M,)
-    rest = torch.zeros(ids.shape[0], device=ids.device).index_add(0, sel.nonzero()[:, 0], tok)
-    return lp0 + rest
 
 
 @torch.no_grad()

@@ -1,7 +1,7 @@
 """Supervised training of the Transmitter (paper Sec. 3.1, Eq. 1 + next-utterance prediction).
 
-``make_examples`` turns episodes into (persona, history, reply, distractor) token ids, ``TransmitterCollator``
-lays them out (gold rows then distractor rows), ``TransmitterLoss`` is the ``loss_fn`` of
+``make_examples`` turns episodes into (persona, history, reply, distractors) token ids, ``TransmitterCollator``
+lays them out (each context with its gold reply first, then its distractors), ``TransmitterLoss`` is the ``loss_fn`` of
 ``p2bot_utils.training.train``; ``train_main`` is ``python -m p2bot_utils train-transmitter``.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from p2bot_utils.transmitter import (SILENCE, SpecialIds, Transmitter, TransmitterConfig, build_inputs,
-                                     pad_batch)
+                                     pad_batch, shared_context_batch)
 
 VARIANTS = {  # Table 3: P²Bot-S and its two ablations; folder name under runs/<profile>/
     "full": ("transmitter", dict(use_nup_head=True, use_persona=True)),
@@ -28,12 +28,12 @@ NUP_LOSSES = ("binary", "softmax")
 
 @dataclass(frozen=True)
 class TransmitterExample:
-    """Token ids of one training turn; ``distractor`` is a reply from ANOTHER episode (never the gold)."""
+    """Token ids of one training turn; ``distractors`` are replies from OTHER episodes (never the gold)."""
 
     persona: tuple
     history: tuple
     reply: tuple
-    distractor: tuple | None = None
+    distractors: tuple = ()
 
 
 def episode_turns(episode) -> list[tuple[list[str], list[str], str, tuple]]:
@@ -48,65 +48,87 @@ def episode_turns(episode) -> list[tuple[list[str], list[str], str, tuple]]:
     return out
 
 
-def make_examples(tokenizer, episodes: Sequence, seed: int = 0, with_distractor: bool = True,
+def make_examples(tokenizer, episodes: Sequence, seed: int = 0, n_distractors: int = 1,
                   show_progress: bool = False) -> list[TransmitterExample]:
-    """One example per turn of every episode, tokenised once; one seeded distractor per example, drawn
-    from the replies of the OTHER episodes and never equal to the gold reply."""
+    """One example per turn of every episode, tokenised once, with ``n_distractors`` seeded distractors
+    (paper: 1; 0 for −Next), each a reply drawn from the OTHER episodes, never equal to the gold reply nor to
+    another distractor of the same example."""
     from tqdm.auto import tqdm
 
+    if not isinstance(n_distractors, int) or n_distractors < 0:
+        raise ValueError(f"transmitter_train.make_examples: n_distractors={n_distractors!r} must be an int >= 0")
     cache: dict[str, tuple] = {}
     enc = lambda t: cache.setdefault(t, tuple(tokenizer.encode(t, add_special_tokens=False)))  # noqa: E731
     pool = [(i, t.reply) for i, ep in enumerate(episodes) for t in ep.turns]
-    if with_distractor and len({i for i, _ in pool}) < 2:
-        raise ValueError("transmitter_train.make_examples: distractors need at least two episodes")
+    distinct = {text for _, text in pool}
+    for i, ep in enumerate(episodes if n_distractors else ()):
+        own = {t.reply for t in ep.turns}
+        if len(distinct) - len(own) >= n_distractors:  # enough replies no turn of this episode says
+            continue
+        others = {text for j, text in pool if j != i}
+        fewest = min(len(others - {r}) for r in own)
+        if fewest < n_distractors:
+            raise ValueError(f"transmitter_train.make_examples: {n_distractors} distractor(s) per turn need as many "
+                             f"distinct replies in the other episodes, other than the gold (episode "
+                             f"{ep.episode_id} has {fewest}); lower n_distractors")
     rng, out = random.Random(seed), []
     for i, ep in enumerate(tqdm(episodes, desc="tokenise", disable=not show_progress, leave=False)):
         for persona, hist, reply, _ in episode_turns(ep):
-            dist = None
-            if with_distractor:
+            chosen: list[str] = []
+            while len(chosen) < n_distractors:
                 j, text = pool[rng.randrange(len(pool))]
-                while j == i or text == reply:
-                    j, text = pool[rng.randrange(len(pool))]
-                dist = enc(text)
+                if j != i and text != reply and text not in chosen:
+                    chosen.append(text)
             out.append(TransmitterExample(tuple(enc(s) for s in persona), tuple(enc(u) for u in hist), enc(reply),
-                                          dist))
+                                          tuple(enc(t) for t in chosen)))
     return out
 
 
 @dataclass
 class TransmitterCollator:
-    """Examples -> right-padded batch: rows 0..B-1 are (context, gold) with LM labels on the reply (Eq. 1),
-    rows B..2B-1 (with distractors) are (context, distractor) without LM labels; ``nup_labels`` 1 / 0."""
+    """Examples (each with K distractors, or none) -> one batch of B contexts x C = K + 1 replies, the gold
+    first: (context, reply) row i·C + j, with LM labels on the gold replies only (Eq. 1) and ``nup_labels``
+    1 (gold) / 0 (distractor).
+
+    ``shared_context=True`` lays out each context once and its C replies apart (``Transmitter.forward(...,
+    candidates=...)`` runs the context once on a repeated KV cache: K distractors cost little more than one);
+    ``False`` lays out C full rows per example, for backbones without a KV cache (openai-gpt). Both give the
+    same losses (tested)."""
 
     ids: SpecialIds
     max_len: int = 256
     max_reply_tokens: int = 32
     use_persona: bool = True
     with_distractor: bool = True
+    shared_context: bool = False
 
     @classmethod
     def for_model(cls, model: Transmitter) -> "TransmitterCollator":
         c = model.config
-        return cls(model.ids, c.max_len, c.max_reply_tokens, c.use_persona, c.use_nup_head)
+        return cls(model.ids, c.max_len, c.max_reply_tokens, c.use_persona, c.use_nup_head, model.supports_cache)
 
-    def _row(self, ex: TransmitterExample, reply, lm: bool) -> dict:
-        r = build_inputs(ex.persona, ex.history, reply, self.ids, max_len=self.max_len,
-                         max_reply_tokens=self.max_reply_tokens, use_persona=self.use_persona)
-        if not lm:
-            r["labels"] = [-100] * len(r["labels"])
-        return r
+    def _layout(self, ex: TransmitterExample, reply) -> dict:
+        return build_inputs(ex.persona, ex.history, reply, self.ids, max_len=self.max_len,
+                            max_reply_tokens=self.max_reply_tokens, use_persona=self.use_persona)
 
     def __call__(self, examples: Sequence[TransmitterExample]) -> dict:
-        rows = [self._row(ex, ex.reply, True) for ex in examples]
-        if self.with_distractor:
-            if any(ex.distractor is None for ex in examples):
-                raise ValueError("TransmitterCollator: with_distractor=True but an example has no distractor; "
-                                 "build examples with make_examples(..., with_distractor=True)")
-            rows += [self._row(ex, ex.distractor, False) for ex in examples]
-        b = pad_batch([r["input_ids"] for r in rows], self.ids.pad, "right", [r["labels"] for r in rows])
-        b.pop("offsets")
-        b["clf_index"] = torch.tensor([r["clf_index"] for r in rows])
-        b["nup_labels"] = torch.tensor([1] * len(examples) + [0] * (len(rows) - len(examples)))
+        K = len(examples[0].distractors) if self.with_distractor else 0
+        if self.with_distractor and (K == 0 or any(len(ex.distractors) != K for ex in examples)):
+            raise ValueError("TransmitterCollator: with_distractor=True needs the same number (>= 1) of distractors "
+                             "in every example; build examples with make_examples(..., n_distractors=K)")
+        replies = [r for ex in examples for r in (ex.reply, *ex.distractors[:K])]  # row i·C + j, gold at j = 0
+        gold = [j == 0 for ex in examples for j in range(K + 1)]
+        if self.shared_context:
+            contexts = [self._layout(ex, None)["input_ids"] for ex in examples]
+            cands = [[*r[:self.max_reply_tokens], self.ids.clf] for r in replies]
+            b = shared_context_batch(contexts, cands, self.ids.pad, gold)
+        else:
+            rows = [self._layout(ex, r) for ex, r in zip([e for e in examples for _ in range(K + 1)], replies)]
+            labels = [r["labels"] if g else [-100] * len(r["labels"]) for r, g in zip(rows, gold)]
+            b = pad_batch([r["input_ids"] for r in rows], self.ids.pad, "right", labels)
+            b.pop("offsets")
+            b["clf_index"] = torch.tensor([r["clf_index"] for r in rows])
+        b["nup_labels"] = torch.tensor(gold, dtype=torch.long)
         return b
 
 
@@ -115,9 +137,11 @@ class TransmitterLoss:
     """L = lm_coef · L_LM (Eq. 1: mean NLL of the reply tokens and <clf>) + nup_coef · L_NUP.
 
     The paper does not state the coefficients; the authors' code uses 0.6 / 0.4 (our default). ``nup_loss``:
-    ``"binary"`` (paper: p(y=1) = sigmoid, gold y=1, distractor y=0) or ``"softmax"`` (TransferTransfo's
-    multiple choice: softmax over {gold, distractor}). The authors' code classifies gold and distractor each on
-    its own with a 2-way softmax, which is the binary family (docs/paper_vs_code.md, T3). −Next (no head): L = L_LM."""
+    ``"binary"`` (paper: p(y=1) = sigmoid, each row classified on its own, gold y=1, distractors y=0; mean over
+    rows) or ``"softmax"`` (TransferTransfo's multiple choice: cross-entropy of the gold among its context's C
+    replies). The authors' code classifies gold and distractor each on its own with a 2-way softmax, which is the
+    binary family (docs/paper_vs_code.md, T3). ``nup_acc``: share of contexts whose gold scores highest.
+    −Next (no head): L = L_LM."""
 
     lm_coef: float = 0.6
     nup_coef: float = 0.4
@@ -128,19 +152,19 @@ class TransmitterLoss:
             raise ValueError(f"TransmitterLoss.nup_loss={self.nup_loss!r}: must be one of {NUP_LOSSES}")
 
     def __call__(self, model, batch: dict, progress: float) -> dict:
-        out = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch["labels"],
-                    batch["clf_index"])
+        out = model(batch["input_ids"], batch["attention_mask"], batch["position_ids"], batch.get("labels"),
+                    batch.get("clf_index"), candidates=batch.get("candidates"))
         lm = F.cross_entropy(out["lm_logits"], out["lm_targets"])  # Eq. 1, mean over reply tokens
-        if "nup_logits" not in out or batch["nup_labels"].min() == 1:
+        y = batch["nup_labels"]
+        if "nup_logits" not in out or y.min() == 1:
             return {"loss": lm, "lm_loss": lm.detach()}
-        logits, y = out["nup_logits"], batch["nup_labels"].float()  # (2B,)
-        B = int(batch["nup_labels"].sum())
+        C = len(y) // int(y.sum())
+        logits = out["nup_logits"].view(-1, C)  # (B, C): gold in column 0
         if self.nup_loss == "binary":
-            nup = F.binary_cross_entropy_with_logits(logits, y)
+            nup = F.binary_cross_entropy_with_logits(logits, y.view(-1, C).float())
         else:
-            pair = torch.stack([logits[:B], logits[B:]], -1)  # (B, 2): gold first
-            nup = F.cross_entropy(pair, torch.zeros(B, dtype=torch.long, device=pair.device))
-        acc = (logits[:B] > logits[B:]).float().mean()
+            nup = F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+        acc = (logits[:, 0] > logits[:, 1:].max(-1).values).float().mean()
         return {"loss": self.lm_coef * lm + self.nup_coef * nup, "lm_loss": lm.detach(), "nup_loss": nup.detach(),
                 "nup_acc": acc}
 
@@ -175,8 +199,9 @@ def train_variant(params: dict, train_episodes: Sequence, variant: str, run_root
     steps = params.get(f"transmitter_{variant}_max_steps", params.get("transmitter_max_steps", -1))
     cfg = TrainConfig.from_params(params, "transmitter_", out_dir=str(Path(run_root) / f"{name}.train"),
                                   max_steps=steps, log_csv=str(Path(log_dir) / f"{name.replace('-', '_')}_log.csv"))
-    examples = make_examples(model.tokenizer, train_episodes, seed=params.get("seed", 0),
-                             with_distractor=model.config.use_nup_head, show_progress=show_progress)
+    k = params["transmitter_nup_distractors"] if model.config.use_nup_head else 0
+    examples = make_examples(model.tokenizer, train_episodes, seed=params.get("seed", 0), n_distractors=k,
+                             show_progress=show_progress)
     loss = TransmitterLoss(params["transmitter_lm_coef"], params["transmitter_nup_coef"],
                            params["transmitter_nup_loss"])
     result = train(model, examples, TransmitterCollator.for_model(model), loss, cfg,

@@ -1,6 +1,7 @@
 """The Transmitter as a specification: layout, NUP head position, distractors, Eq. 3, save/load, resume, ranking."""
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -103,25 +104,89 @@ def test_distractor_is_never_the_gold_and_comes_from_another_episode(tiny):
     enc = lambda t: tuple(tiny.tokenizer.encode(t, add_special_tokens=False))  # noqa: E731
     for seed in range(8):
         ex = make_examples(tiny.tokenizer, eps, seed=seed)
-        assert len(ex) == 5 and all(e.distractor != e.reply for e in ex)  # b's "same reply" is a gold for a
-        assert ex[0].distractor != enc("reply a2")  # episode "a" never draws its own replies
+        assert len(ex) == 5 and all(len(e.distractors) == 1 and e.reply not in e.distractors for e in ex)
+        assert enc("reply a2") not in ex[0].distractors  # episode "a" never draws its own replies
+        for e in make_examples(tiny.tokenizer, eps, seed=seed, n_distractors=2):  # distinct, never the gold
+            assert len(set(e.distractors)) == 2 and e.reply not in e.distractors
     assert make_examples(tiny.tokenizer, eps, seed=3) == make_examples(tiny.tokenizer, eps, seed=3)
-    with pytest.raises(ValueError, match="two episodes"):
+    assert all(e.distractors == () for e in make_examples(tiny.tokenizer, eps[:1], n_distractors=0))
+    with pytest.raises(ValueError, match="distinct replies in the other episodes"):
         make_examples(tiny.tokenizer, eps[:1])
+    with pytest.raises(ValueError, match="distinct replies"):  # a's "same reply" turn: only "reply b2", "reply c1" left
+        make_examples(tiny.tokenizer, eps, n_distractors=3)
+    with pytest.raises(ValueError, match="n_distractors"):
+        make_examples(tiny.tokenizer, eps, n_distractors=-1)
 
 
 def test_collate_puts_lm_labels_on_gold_replies_only(tiny):
     eps = [_episode("a", ["p a"], ["one two"]), _episode("b", ["p b"], ["three four five"])]
-    batch = TransmitterCollator.for_model(tiny)(make_examples(tiny.tokenizer, eps, seed=0))
-    assert batch["nup_labels"].tolist() == [1, 1, 0, 0]
-    assert (batch["labels"][2:] == -100).all() and (batch["labels"][:2] != -100).any()
+    ex = make_examples(tiny.tokenizer, eps, seed=0)
+    batch = dataclasses.replace(TransmitterCollator.for_model(tiny), shared_context=False)(ex)
+    assert batch["nup_labels"].tolist() == [1, 0, 1, 0]  # context i: gold row 2i, its distractor 2i + 1
+    assert (batch["labels"][1::2] == -100).all() and (batch["labels"][::2] != -100).any()
     clf = batch["input_ids"][torch.arange(4), batch["clf_index"]]
     assert (clf == tiny.ids.clf).all()
     out = TransmitterLoss()(tiny, batch, 0.0)
     assert set(out) == {"loss", "lm_loss", "nup_loss", "nup_acc"}
     torch.testing.assert_close(out["loss"], 0.6 * out["lm_loss"] + 0.4 * out["nup_loss"])
+    shared = TransmitterCollator.for_model(tiny)(ex)  # tiny-gpt2 keeps a KV cache: contexts laid out once
+    assert tiny.supports_cache and shared["input_ids"].shape[0] == 2 and shared["candidates"]["input_ids"].shape[0] == 4
+    assert (shared["candidates"]["labels"][1::2] == -100).all()
     with pytest.raises(ValueError, match="nup_loss"):
         TransmitterLoss(nup_loss="hinge")
+    with pytest.raises(ValueError, match="same number"):
+        TransmitterCollator.for_model(tiny)([ex[0], dataclasses.replace(ex[1], distractors=())])
+
+
+@pytest.mark.parametrize("k, nup_loss", [(1, "binary"), (3, "softmax"), (3, "binary")])
+def test_shared_context_training_batch_gives_the_losses_and_gradients_of_full_rows(tiny, k, nup_loss):
+    eps = [_episode(str(i), [f"i am person {i} .", "i like tea ."], [f"reply number {i} {j} ." for j in range(3)])
+           for i in range(5)]
+    ex = make_examples(tiny.tokenizer, eps, seed=1, n_distractors=k)[::3]
+    loss_fn = TransmitterLoss(nup_loss=nup_loss)
+    results = []
+    for shared in (True, False):
+        tiny.zero_grad()
+        col = dataclasses.replace(TransmitterCollator.for_model(tiny), shared_context=shared)
+        out = loss_fn(tiny, col(ex), 0.0)
+        out["loss"].backward()
+        results.append((out, tiny.head[1].weight.grad.clone(), tiny.lm.get_input_embeddings().weight.grad.clone()))
+    tiny.zero_grad()
+    (a, ga, ea), (b, gb, eb) = results
+    for key in ("loss", "lm_loss", "nup_loss", "nup_acc"):
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ga, gb, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ea, eb, atol=1e-5, rtol=1e-4)
+
+
+class _FixedOutputs(torch.nn.Module):
+    """Stands in for a Transmitter: returns given LM / NUP logits whatever the batch."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+
+    def forward(self, *args, **kwargs):
+        return self.out
+
+
+def test_nup_losses_on_a_hand_computed_example():
+    import math
+
+    # one LM target with p = 0.5 (two equal logits); two contexts x (gold, 2 distractors), gold in column 0
+    out = {"lm_logits": torch.zeros(1, 2), "lm_targets": torch.tensor([0]),
+           "nup_logits": torch.tensor([2.0, 0.0, 0.0, 0.0, 1.0, -1.0])}
+    batch = {"input_ids": None, "attention_mask": None, "position_ids": None,
+             "nup_labels": torch.tensor([1, 0, 0, 1, 0, 0])}
+    sp = lambda x: math.log1p(math.exp(x))  # noqa: E731  softplus: -log sigmoid(-x)
+    binary = (sp(-2) + sp(0) + sp(0) + sp(0) + sp(1) + sp(-1)) / 6  # mean BCE over the six replies
+    softmax = (-math.log(math.exp(2) / (math.exp(2) + 2)) - math.log(1 / (1 + math.e + math.exp(-1)))) / 2
+    for kind, nup in (("binary", binary), ("softmax", softmax)):
+        res = TransmitterLoss(nup_loss=kind)(_FixedOutputs(out), batch, 0.0)
+        assert float(res["nup_loss"]) == pytest.approx(nup, rel=1e-6)
+        assert float(res["lm_loss"]) == pytest.approx(math.log(2), rel=1e-6)
+        assert float(res["loss"]) == pytest.approx(0.6 * math.log(2) + 0.4 * nup, rel=1e-6)
+        assert float(res["nup_acc"]) == 0.5  # the first gold wins, the second loses to a distractor
 
 
 def test_kill_and_resume_gives_the_same_final_loss(tmp_path):
