@@ -200,7 +200,7 @@ class Transmitter(nn.Module):
         the whole vocabulary is computed where Eq. 1 needs it), ``lm_rows`` (M,) the row of each, and
         ``nup_logits`` (B,) when asked.
 
-        With ``candidates`` (see ``shared_context_forward``) the inputs are B contexts, each shared by C
+        With ``candidates`` (``shared_context_batch``; ``_forward_shared``) the inputs are B contexts, each shared by C
         candidate replies: the same outputs for the B·C (context, candidate) rows, context computed once."""
         if candidates is not None:
             return self._forward_shared(input_ids, attention_mask, position_ids, candidates)
