@@ -223,7 +223,7 @@ class Transmitter(nn.Module):
         first token is predicted from the context's last position, token j > 0 from candidate position j − 1."""
         if not self.supports_cache:
             raise ValueError("transmitter: this backbone keeps no KV cache; lay out full (context, reply) rows")
-        B, (BC, Tk) = input_ids.shape[0], candidates["input_ids"].shape
+        B, BC = input_ids.shape[0], candidates["input_ids"].shape[0]
         if BC % B:
             raise ValueError(f"transmitter: {BC} candidate rows do not split evenly over {B} contexts")
         C = BC // B

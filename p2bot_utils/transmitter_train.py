@@ -116,7 +116,7 @@ class TransmitterCollator:
         if self.with_distractor and (K == 0 or any(len(ex.distractors) != K for ex in examples)):
             raise ValueError("TransmitterCollator: with_distractor=True needs the same number (>= 1) of distractors "
                              "in every example; build examples with make_examples(..., n_distractors=K)")
-        replies = [r for ex in examples for r in (ex.reply, *ex.distractors[:K])]  # row i·C + j, gold at j = 0
+        replies = [r for ex in examples for r in (ex.reply, *ex.distractors)]  # row i·C + j, gold at j = 0
         gold = [j == 0 for ex in examples for j in range(K + 1)]
         if self.shared_context:
             contexts = [self._layout(ex, None)["input_ids"] for ex in examples]
@@ -204,12 +204,44 @@ def train_variant(params: dict, train_episodes: Sequence, variant: str, run_root
                              show_progress=show_progress)
     loss = TransmitterLoss(params["transmitter_lm_coef"], params["transmitter_nup_coef"],
                            params["transmitter_nup_loss"])
+    _check_variant_settings(Path(cfg.out_dir), {k: params.get(k) for k in _VARIANT_KEYS})
     result = train(model, examples, TransmitterCollator.for_model(model), loss, cfg,
                    stop_after_steps=stop_after_steps)
     model.eval()
     if not result.stopped and _is_main_process():
         model.save_pretrained(Path(run_root) / name)
     return model, result
+
+
+_VARIANT_KEYS = ("transmitter_backbone", "transmitter_mode", "transmitter_max_len", "transmitter_max_reply_tokens",
+                 "transmitter_head_dropout", "transmitter_nup_distractors", "transmitter_nup_loss",
+                 "transmitter_lm_coef", "transmitter_nup_coef")  # what shapes a run besides its TrainConfig
+SETTINGS_FILE = "variant_settings.json"
+
+
+def _check_variant_settings(out_dir: Path, settings: dict) -> None:
+    """A checkpoint under ``out_dir`` resumes only a run with the same ``_VARIANT_KEYS`` (``training.train``
+    checks the TrainConfig fields only: a changed loss or distractor count would otherwise 'resume' a finished
+    run of the old settings and silently return its model). Records the settings for the next call."""
+    import json
+
+    from p2bot_utils.training import find_checkpoint
+
+    f = out_dir / SETTINGS_FILE
+    if find_checkpoint(out_dir / "checkpoint"):
+        saved = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
+        if saved is None:
+            raise ValueError(f"{out_dir}: its checkpoint has no {SETTINGS_FILE} (written by an older version); "
+                             f"delete {out_dir} to train afresh")
+        for k, v in settings.items():
+            if saved.get(k) != v:
+                raise ValueError(f"{out_dir}: checkpoint was trained with {k}={saved.get(k)!r} but this run has "
+                                 f"{v!r}; delete {out_dir} to train afresh")
+    if _is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = f.with_suffix(".tmp")
+        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(f)
 
 
 def _is_main_process() -> bool:

@@ -209,6 +209,25 @@ def test_kill_and_resume_gives_the_same_final_loss(tmp_path):
     torch.testing.assert_close(m1.head[1].weight, m2.head[1].weight)
 
 
+def test_a_checkpoint_of_other_nup_settings_is_not_resumed(tmp_path):
+    from p2bot_utils import profile
+    from p2bot_utils.transmitter_train import SETTINGS_FILE, train_variant
+
+    eps = [_episode(str(i), [f"persona {i}"], [f"reply {i} {k}" for k in range(3)]) for i in range(5)]
+    params = {**profile.load_params("smoke"), "transmitter_max_steps": 2, "transmitter_save_every": 1,
+              "transmitter_batch_size": 2, "transmitter_nup_distractors": 2}
+    _, killed = train_variant(params, eps, "full", tmp_path, tmp_path, stop_after_steps=1, show_progress=False)
+    assert killed.stopped and (tmp_path / "transmitter.train" / SETTINGS_FILE).is_file()
+    with pytest.raises(ValueError, match="transmitter_nup_distractors=2 but this run has 3"):
+        train_variant({**params, "transmitter_nup_distractors": 3}, eps, "full", tmp_path, tmp_path,
+                      show_progress=False)
+    _, resumed = train_variant(params, eps, "full", tmp_path, tmp_path, show_progress=False)
+    assert resumed.resumed_from == 1 and resumed.steps == 2
+    (tmp_path / "transmitter.train" / SETTINGS_FILE).unlink()  # a checkpoint from before the settings were kept
+    with pytest.raises(ValueError, match="no variant_settings.json"):
+        train_variant(params, eps, "full", tmp_path, tmp_path, show_progress=False)
+
+
 # --- model folder ---------------------------------------------------------------------------------------
 def test_save_load_round_trip_gives_identical_logits(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "tx")
