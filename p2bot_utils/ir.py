@@ -19,18 +19,19 @@ from tqdm.auto import tqdm
 from p2bot_utils import metrics
 
 SILENCE = "__SILENCE__"
+WORDS = r"(?u)\b\w+\b"  # every word, one letter included (the IR baseline of Table 1)
+WORDS_2PLUS = r"(?u)\b\w\w+\b"  # scikit-learn's default: words of two letters or more (persona probing)
 
 
 class TfidfRanker:
     """TF-IDF vectoriser fitted once on a corpus; scores candidates against a query by cosine similarity."""
 
-    def __init__(self, corpus: Iterable[str], sublinear_tf: bool = True):
+    def __init__(self, corpus: Iterable[str], sublinear_tf: bool = True, token_pattern: str = WORDS):
         texts = [t for t in corpus if t and t != SILENCE]
         if not texts:
             raise ValueError("ir.TfidfRanker: the fitting corpus is empty; pass the training utterances")
         # unigrams on lowercased word tokens; sublinear tf damps repeated words in long contexts
-        self.vectorizer = TfidfVectorizer(lowercase=True, sublinear_tf=sublinear_tf,
-                                          token_pattern=r"(?u)\b\w+\b")
+        self.vectorizer = TfidfVectorizer(lowercase=True, sublinear_tf=sublinear_tf, token_pattern=token_pattern)
         self.vectorizer.fit(texts)
 
     def scores(self, query: str, candidates: Sequence[str]) -> np.ndarray:

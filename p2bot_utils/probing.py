@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from p2bot_utils.ir import WORDS_2PLUS, TfidfRanker
 from p2bot_utils.metrics import mean_and_stderr
 from p2bot_utils.receiver import Receiver, ReceiverExample, cumulative_score, relevance
 
@@ -273,25 +274,21 @@ class RandomScorer:
 
 
 class IRScorer:
-    """TF-IDF cosine between the side's utterances (one document) and a persona (its sentences joined)."""
+    """TF-IDF cosine between the side's utterances (one document) and a persona (its sentences joined).
+
+    The same ``ir.TfidfRanker`` as Table 1's IR baseline, with scikit-learn's default weighting (raw tf,
+    words of two letters or more): the settings the Receiver's hard distractors and Table 5 were made with."""
 
     name = "IR"
 
     def __init__(self, corpus: Sequence[str]):
-        from sklearn.feature_extraction.text import TfidfVectorizer
-
-        self.vec = TfidfVectorizer().fit(list(corpus))
-
-    def _cos(self, doc: str, others: Sequence[str]) -> np.ndarray:
-        from sklearn.metrics.pairwise import cosine_similarity
-
-        return cosine_similarity(self.vec.transform([doc]), self.vec.transform(list(others)))[0]
+        self.ranker = TfidfRanker(corpus, sublinear_tf=False, token_pattern=WORDS_2PLUS)
 
     def personas(self, side: DialogueSide, personas: Sequence[Sequence[str]]) -> np.ndarray:
-        return self._cos(" ".join(side.utterances), [" ".join(p) for p in personas])
+        return self.ranker.scores(" ".join(side.utterances), [" ".join(p) for p in personas])
 
     def sentences(self, side: DialogueSide, sentences: Sequence[str]) -> np.ndarray:
-        return self._cos(" ".join(side.utterances), sentences)
+        return self.ranker.scores(" ".join(side.utterances), sentences)
 
 
 class ReceiverScorer:
