@@ -32,7 +32,9 @@ for nb in "${notebooks[@]}"; do
     if [ -n "$ONLY" ] && [[ "$name" != "$ONLY"* ]]; then continue; fi
     echo "=== [$PROFILE] $name ==="
     start=$SECONDS
-    if ! papermill "$nb" "$OUTDIR/$name" -f "$PARAMS" --cwd notebooks --log-output --no-progress-bar -k python3; then
+    # only the parameters this notebook declares (no "unknown parameter" noise; a misspelt key stops the run)
+    python -m p2bot_utils notebook-params "$PARAMS" "$nb" "$OUTDIR/${name%.ipynb}.params.yaml"
+    if ! papermill "$nb" "$OUTDIR/$name" -f "$OUTDIR/${name%.ipynb}.params.yaml" --cwd notebooks --log-output --no-progress-bar -k python3; then
         echo "run_all.sh: FAILED in $nb (profile $PROFILE); the executed copy with the error is $OUTDIR/$name" >&2
         exit 1
     fi

@@ -16,6 +16,7 @@ COMMANDS = {
     "evaluate-transmitter": ("p2bot_utils.transmitter_eval", "evaluate_main", "Hits@1 / ppl / F1 / BLEU of a Transmitter: --model DIR --data-dir DIR --mode"),
     "train-receiver": ("p2bot_utils.receiver", "main", "train the Receiver (Eq. 12) on dialogue sides: --out DIR"),
     "probe": ("p2bot_utils.probing", "main", "Table 5 persona probing: --receiver DIR|zero-shot:NAME|none --mode"),
+    "notebook-params": ("p2bot_utils.profile", "notebook_params_main", "a profile's values of the parameters one notebook declares: PROFILE NOTEBOOK OUT"),
     "human-eval": ("p2bot_utils.human_eval", "main", "Table 2 from filled rating sheets: --key KEY SHEET..."),
 }
 

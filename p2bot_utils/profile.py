@@ -45,6 +45,54 @@ def load_params(profile_or_path: str | os.PathLike) -> dict[str, Any]:
     return params
 
 
+def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
+    """Names assigned at the top level of a notebook's cell tagged ``parameters`` (what papermill may set)."""
+    import ast
+
+    nb = Path(notebook)
+    try:
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{nb}: not a readable notebook ({e})") from None
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise ValueError(f"{nb}: {len(tagged)} cells tagged 'parameters', want exactly 1")
+    names = []
+    for node in ast.parse("".join(tagged[0]["source"])).body:
+        targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+        names += [t.id for t in targets if isinstance(t, ast.Name)]
+    return names
+
+
+def notebook_params_main(argv: list[str]) -> int:
+    """``notebook-params PROFILE NOTEBOOK OUT``: write to OUT the profile's values of the parameters NOTEBOOK
+    declares (run_all.sh hands papermill only those). A profile key that no notebook beside NOTEBOOK declares
+    is an error: a misspelt key would otherwise be dropped without a word."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m p2bot_utils notebook-params")
+    ap.add_argument("profile", help="profile name or YAML path")
+    ap.add_argument("notebook")
+    ap.add_argument("out", help="YAML file to write (papermill -f)")
+    args = ap.parse_args(argv)
+    try:
+        params = load_params(args.profile)
+        nb = Path(args.notebook)
+        declared_anywhere = {k for other in sorted(nb.parent.glob("*.ipynb")) for k in notebook_parameters(other)}
+        unknown = sorted(set(params) - declared_anywhere)
+        if unknown:
+            raise ValueError(f"{args.profile}: {', '.join(unknown)} set by the profile but declared by no "
+                             f"notebook's parameters cell in {nb.parent}/ (misspelt?)")
+        mine = set(notebook_parameters(nb))
+    except (OSError, ValueError, SyntaxError) as e:
+        print(f"notebook-params: {e}", file=sys.stderr)
+        return 2
+    keep = {k: v for k, v in params.items() if k in mine}
+    atomic_write_text(args.out, yaml.safe_dump(keep, allow_unicode=True, sort_keys=False))
+    return 0
+
+
 def output_dirs(profile: str, data_source: str, root: str | os.PathLike | None = None) -> tuple[Path, Path]:
     """``results/<profile>/`` and ``figures/<profile>/``; a run on the shipped sample writes to
     ``<profile>-sample`` so it never overwrites results computed on real data."""
