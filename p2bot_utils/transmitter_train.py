@@ -225,6 +225,7 @@ def _check_variant_settings(out_dir: Path, settings: dict) -> None:
     run of the old settings and silently return its model). Records the settings for the next call."""
     import json
 
+    from p2bot_utils.profile import atomic_write_json
     from p2bot_utils.training import find_checkpoint
 
     f = out_dir / SETTINGS_FILE
@@ -238,10 +239,7 @@ def _check_variant_settings(out_dir: Path, settings: dict) -> None:
                 raise ValueError(f"{out_dir}: checkpoint was trained with {k}={saved.get(k)!r} but this run has "
                                  f"{v!r}; delete {out_dir} to train afresh")
     if _is_main_process():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = f.with_suffix(".tmp")
-        tmp.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(f)
+        atomic_write_json(f, settings)
 
 
 def _is_main_process() -> bool:
