@@ -1,13 +1,11 @@
 """P²Bot reproduction: "You Impress Me: Dialogue Generation via Mutual Persona Perception" (Liu et al., ACL 2020).
 
-Flat, small modules; the notebooks in ``notebooks/`` narrate and call them:
-
-- ``data``        PERSONA-CHAT / ConvAI2 readers, splits, candidates, persona pool (no model code)
-- ``metrics``     ParlAI-exact F1 / BLEU / Hits@k / MRR / perplexity (imports nothing of the project)
-- ``profile``     profile parameters, output folders, seeding, manifests, atomic writes
-- ``backbones``   model name -> (model, tokenizer), offline packages, tiny models for ``smoke``
-- ``training``    the accelerate training loop shared by the Transmitter and the Receiver
-- ``transmitter`` / ``receiver`` / ``selfplay``  the three parts of the method
+Flat, small modules; the notebooks in ``notebooks/`` narrate and call them. Imports run one way:
+episodes / metrics / profile → data (data_files, data_split, data, ir, sides) → models (backbones,
+lm_likelihood, transmitter, decoding, receiver) → training (checkpoints, training, transmitter_train,
+receiver_train) → self-play (rewards, selfplay, selfplay_train, selfplay_eval) → evaluation
+(transmitter_eval, probing, human_eval) → tables / plots / bench → cli. The README's layout says what each
+module holds; ``tests/test_house.py`` keeps the order (no circles, no module over 400 lines).
 """
 
 __version__ = "0.1.0"

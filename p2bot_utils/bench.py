@@ -3,16 +3,27 @@
 Not a test: numbers depend on the machine. Parts: ``transmitter`` (training tokens/s and model FLOP
 utilisation against the measured matmul peak; Hits@1 ranking with a shared context vs per-pair scoring;
 generation batched vs one reply at a time), ``selfplay`` (self-play dialogues/s, rollout + rewards, batched
-with the Receiver's persona cache vs one dialogue at a time). Each part is a function ``argv -> exit code`` in ``PARTS``.
+with the Receiver's persona cache vs one dialogue at a time). Each part is a function returning a dict;
+``cli`` parses the arguments and prints it.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import time
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
+
+from p2bot_utils import selfplay as sp
+from p2bot_utils.backbones import load_causal_lm
+from p2bot_utils.data import load_split_data
+from p2bot_utils.decoding import generate_replies
+from p2bot_utils.profile import pick_device, set_seed
+from p2bot_utils.receiver import Receiver, ReceiverConfig
+from p2bot_utils.rewards import RewardModels, compute_rewards
+from p2bot_utils.transmitter import Transmitter
+from p2bot_utils.transmitter_eval import rank_candidates, rank_candidates_per_pair, select_turns
+from p2bot_utils.transmitter_train import TransmitterCollator, TransmitterLoss, build_transmitter, make_examples
 
 
 def _timed(fn: Callable, repeats: int = 1) -> float:
@@ -51,8 +62,6 @@ def transmitter_train_flops(model, batch: dict) -> float:
 
 
 def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
-    from p2bot_utils.transmitter_train import TransmitterCollator, TransmitterLoss
-
     # the paper's layout: one full (context, reply) row for the gold and one for its distractor
     col = dataclasses.replace(TransmitterCollator.for_model(model), shared_context=False)
     loss_fn = TransmitterLoss()
@@ -74,8 +83,6 @@ def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
 
 
 def _bench_ranking(model, turns: list[dict]) -> dict:
-    from p2bot_utils.transmitter_eval import rank_candidates, rank_candidates_per_pair
-
     P, H, C = ([t[k] for t in turns] for k in ("persona", "history", "candidates"))
     lm_rows = "none" if model.head is not None else "all"
     shared = _timed(lambda: rank_candidates(model, P, H, C, lm_rows=lm_rows))
@@ -85,8 +92,6 @@ def _bench_ranking(model, turns: list[dict]) -> dict:
 
 
 def _bench_generation(model, turns: list[dict], max_new_tokens: int) -> dict:
-    from p2bot_utils.transmitter import generate_replies
-
     P, H = [t["persona"] for t in turns], [t["history"] for t in turns]
     kw = dict(num_beams=2, max_new_tokens=max_new_tokens, alpha=0.1)
     batched = _timed(lambda: generate_replies(model, P, H, batch_size=len(P), **kw))
@@ -95,88 +100,54 @@ def _bench_generation(model, turns: list[dict], max_new_tokens: int) -> dict:
             "gen_speedup": single / batched}
 
 
-def transmitter(argv: Sequence[str]) -> int:
-    """Benchmark the Transmitter on the shipped sample (or ``--data-dir``) with ``--backbone``."""
-    from p2bot_utils.data import load_split_data
-    from p2bot_utils.profile import pick_device, set_seed
-    from p2bot_utils.transmitter_eval import select_turns
-    from p2bot_utils.transmitter_train import build_transmitter, make_examples
-
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils bench transmitter")
-    ap.add_argument("--backbone", default="smollm2-135m", help="tiny-gpt2 | smollm2-135m | hub id | folder")
-    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT folder; none = the shipped sample")
-    ap.add_argument("--max-len", type=int, default=256, help="layout max_len (context + reply tokens)")
-    ap.add_argument("--batch-size", type=int, default=4, help="training examples per step (x2 with distractors)")
-    ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--turns", type=int, default=8, help="turns for ranking and generation")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args(list(argv))
+def transmitter(backbone: str = "smollm2-135m", data_dir: str | None = None, max_len: int = 256, batch_size: int = 4,
+                steps: int = 3, turns: int = 8, max_new_tokens: int = 16, device: str = "auto") -> dict:
+    """Benchmark the Transmitter on the shipped sample (or ``data_dir``) with ``backbone`` -> a dict of results."""
     set_seed(0)
-    device = pick_device(args.device)
-    data = load_split_data(args.data_dir, use_sample=args.data_dir is None)
-    model = build_transmitter(args.backbone, "full", args.max_len).to(device).eval()
+    device = pick_device(device)
+    data = load_split_data(data_dir, use_sample=data_dir is None)
+    model = build_transmitter(backbone, "full", max_len).to(device).eval()
     peak, dtype = matmul_peak_flops(device)
-    res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-           "backbone": args.backbone, "matmul_peak_tflops": peak / 1e12, "matmul_dtype": dtype}
-    res.update(_bench_training(model, make_examples(model.tokenizer, data.train, seed=0), args.batch_size, args.steps))
+    res = {"device": _device_name(device), "backbone": backbone, "matmul_peak_tflops": peak / 1e12,
+           "matmul_dtype": dtype}
+    res.update(_bench_training(model, make_examples(model.tokenizer, data.train, seed=0), batch_size, steps))
     res["train_mfu"] = res["train_model_flops_per_s"] / peak
-    turns = select_turns(data.dev + data.test, args.turns, seed=0)
+    sample = select_turns(data.dev + data.test, turns, seed=0)
     with torch.no_grad():
-        res.update(_bench_ranking(model, turns))
-        res.update(_bench_generation(model, turns, args.max_new_tokens))
-    for k, v in res.items():
-        print(f"{k:<30}{v:.4g}" if isinstance(v, float) else f"{k:<30}{v}")
-    return 0
+        res.update(_bench_ranking(model, sample))
+        res.update(_bench_generation(model, sample, max_new_tokens))
+    return res
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
 
 
 # --- selfplay: batched rollouts + rewards vs one dialogue at a time ----------------------------------------
-def _selfplay_models(args, device: str):
+def _selfplay_models(transmitter_dir: str, receiver_dir: str, backbone: str, encoder: str, lm: str, max_len: int,
+                    device: str):
     """Transmitter, Receiver and R1 LM: saved folders when given, else fresh from the backbones."""
-    from p2bot_utils.backbones import load_causal_lm
-    from p2bot_utils.receiver import Receiver, ReceiverConfig
-    from p2bot_utils.transmitter import Transmitter
-    from p2bot_utils.transmitter_train import build_transmitter
-
-    tr = Transmitter.from_pretrained(args.transmitter) if args.transmitter else \
-        build_transmitter(args.backbone, "full", args.max_len)
-    rec = Receiver.from_pretrained(args.receiver) if args.receiver else \
-        Receiver.from_backbone(ReceiverConfig(backbone=args.encoder))
-    lm, tok = load_causal_lm(args.lm or args.backbone)
-    return tr.to(device).eval(), rec.to(device).eval(), lm.to(device).eval(), tok
+    tr = Transmitter.from_pretrained(transmitter_dir) if transmitter_dir else build_transmitter(backbone, "full", max_len)
+    rec = Receiver.from_pretrained(receiver_dir) if receiver_dir else Receiver.from_backbone(ReceiverConfig(backbone=encoder))
+    r1, tok = load_causal_lm(lm or backbone)
+    return tr.to(device).eval(), rec.to(device).eval(), r1.to(device).eval(), tok
 
 
-def selfplay(argv: Sequence[str]) -> int:
-    """Self-play dialogues/s (rollout + every reward term): one batch of ``--dialogues`` with the Receiver's
+def selfplay(backbone: str = "smollm2-135m", encoder: str = "minilm-l6", transmitter_dir: str = "",
+             receiver_dir: str = "", lm: str = "", data_dir: str | None = None, dialogues: int = 8, turns: int = 3,
+             max_new_tokens: int = 16, max_len: int = 128, device: str = "auto") -> dict:
+    """Self-play dialogues/s (rollout + every reward term): one batch of ``dialogues`` with the Receiver's
     persona cache, against the same dialogues played one at a time with the cache cleared."""
-    from p2bot_utils import selfplay as sp
-    from p2bot_utils.data import load_split_data
-    from p2bot_utils.profile import pick_device, set_seed
-
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils bench selfplay")
-    ap.add_argument("--backbone", default="smollm2-135m", help="Transmitter backbone when no --transmitter")
-    ap.add_argument("--encoder", default="minilm-l6", help="Receiver backbone when no --receiver")
-    ap.add_argument("--transmitter", default="", help="saved Transmitter folder (default: a fresh one)")
-    ap.add_argument("--receiver", default="", help="saved Receiver folder (default: a fresh one)")
-    ap.add_argument("--lm", default="", help="R1 LM (default: --backbone)")
-    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT folder; none = the shipped sample")
-    ap.add_argument("--dialogues", type=int, default=8)
-    ap.add_argument("--turns", type=int, default=3)
-    ap.add_argument("--max-new-tokens", type=int, default=16)
-    ap.add_argument("--max-len", type=int, default=128)
-    ap.add_argument("--device", default="auto")
-    args = ap.parse_args(list(argv))
     set_seed(0)
-    device = pick_device(args.device)
-    data = load_split_data(args.data_dir, use_sample=args.data_dir is None, download=False)
-    tr, rec, lm, tok = _selfplay_models(args, device)
-    cfg = sp.SelfPlayConfig(n_dialogues=args.dialogues, batch_size=args.dialogues, n_turns=args.turns,
-                            max_new_tokens=args.max_new_tokens)
-    judges = sp.RewardModels(lm, tok, tr, rec).frozen()
+    device = pick_device(device)
+    data = load_split_data(data_dir, use_sample=data_dir is None, download=False)
+    tr, rec, r1, tok = _selfplay_models(transmitter_dir, receiver_dir, backbone, encoder, lm, max_len, device)
+    cfg = sp.SelfPlayConfig(n_dialogues=dialogues, batch_size=dialogues, n_turns=turns, max_new_tokens=max_new_tokens)
+    judges = RewardModels(r1, tok, tr, rec).frozen()
     pa, pb, op = sp.step_inputs(data.persona_pool, sp.opening_utterances(data.train), cfg, 0)
 
     def play(lo: int, hi: int):
-        sp.compute_rewards(sp.rollout(tr, tr, pa[lo:hi], pb[lo:hi], op[lo:hi], cfg), judges, cfg)
+        compute_rewards(sp.rollout(tr, tr, pa[lo:hi], pb[lo:hi], op[lo:hi], cfg), judges, cfg)
 
     def one_at_a_time():
         for i in range(len(op)):
@@ -184,24 +155,6 @@ def selfplay(argv: Sequence[str]) -> int:
             play(i, i + 1)
 
     batched, single = _timed(lambda: play(0, len(op))), _timed(one_at_a_time)
-    res = {"device": torch.cuda.get_device_name(0) if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-           "backbone": args.transmitter or args.backbone, "dialogues": len(op), "turns": args.turns,
-           "max_new_tokens": args.max_new_tokens, "selfplay_dialogues_per_s_batched": len(op) / batched,
-           "selfplay_dialogues_per_s_single": len(op) / single, "selfplay_speedup": single / batched}
-    for k, v in res.items():
-        print(f"{k:<34}{v:.4g}" if isinstance(v, float) else f"{k:<34}{v}")
-    return 0
-
-
-PARTS: dict[str, Callable[[Sequence[str]], int]] = {"transmitter": transmitter, "selfplay": selfplay}
-
-
-def main(argv: Sequence[str]) -> int:
-    """Dispatch ``bench PART [ARGS]`` to ``PARTS[PART]``."""
-    argv = list(argv)
-    if not argv or argv[0] not in PARTS:
-        import sys
-
-        print(f"usage: python -m p2bot_utils bench {{{'|'.join(PARTS)}}} [ARGS]", file=sys.stderr)
-        return 2
-    return PARTS[argv[0]](argv[1:])
+    return {"device": _device_name(device), "backbone": transmitter_dir or backbone, "dialogues": len(op),
+            "turns": turns, "max_new_tokens": max_new_tokens, "selfplay_dialogues_per_s_batched": len(op) / batched,
+            "selfplay_dialogues_per_s_single": len(op) / single, "selfplay_speedup": single / batched}

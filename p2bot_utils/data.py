@@ -6,15 +6,13 @@ files) and ``data_split`` (persona groups, the split, sampled candidates).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from tqdm.auto import tqdm
 
+from p2bot_utils.episodes import MODES, SILENCE, DataFormatError, Episode, PersonaEntry, Turn
 from p2bot_utils.data_files import (DATA_FILE_RE, ENV_VAR, describe_verification, find_convai2_dir,
                                     locate_data_dir, verify_file)
 from p2bot_utils.data_split import (MIN_SHARED, assign_parts, check_fractions, part_facts, persona_groups,
@@ -23,54 +21,10 @@ from p2bot_utils.data_split import (MIN_SHARED, assign_parts, check_fractions, p
 __all__ = ["DataFormatError", "Turn", "Episode", "PersonaEntry", "SplitData", "SILENCE", "MIN_SHARED",
            "read_parlai", "read_hf_json", "read_episodes", "read_persona_clusters", "persona_pool_from_episodes",
            "persona_groups", "split_by_group", "sample_candidates", "load_split_data", "sample_data_dir",
-           "locate_data_dir", "verify_file", "dataset_stats", "stats_main"]
+           "locate_data_dir", "verify_file", "dataset_stats", "data_files_in"]
 
 
-class DataFormatError(ValueError):
-    """Bad input file; the message names the file and (1-based) line: ``path:line: what is wrong``."""
-
-
-@dataclass(frozen=True)
-class Turn:
-    """One turn pair seen from the episode's own speaker.
-
-    ``partner`` is what the partner said (``"__SILENCE__"`` when the own speaker opens the dialogue),
-    ``reply`` is the own speaker's answer; ``candidates`` holds 20 replies with the gold LAST
-    (empty tuple when the file had none and none were sampled yet).
-    """
-
-    partner: str
-    reply: str
-    candidates: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Episode:
-    """One dialogue from one speaker's side.
-
-    ``own_persona`` / ``partner_persona``: persona sentences (``partner_persona`` is empty for
-    ``self``/``none`` variants). ``candidate_source``: ``"official"`` (from the file), ``"sampled"``
-    (drawn by ``sample_candidates``) or ``"none"``. ``episode_id`` is stable: ``"<file stem>:<index>"``.
-    """
-
-    episode_id: str
-    own_persona: tuple[str, ...]
-    partner_persona: tuple[str, ...]
-    turns: tuple[Turn, ...]
-    candidate_source: str = "none"
-    meta: dict = field(default_factory=dict, compare=False, hash=False)
-
-
-SILENCE = "__SILENCE__"
 YOUR, PARTNER = "your persona:", "partner's persona:"
-
-
-@dataclass(frozen=True)
-class PersonaEntry:
-    """One persona of the pool; ``group`` lets a caller avoid drawing a variant of the same persona."""
-
-    group: str
-    sentences: tuple[str, ...]
 
 
 @dataclass
@@ -282,9 +236,6 @@ def _persona_pool(official_train: list[Episode] | None, train_part: list[Episode
 
 
 # --- load_split_data -------------------------------------------------------------------------------------
-MODES = ("original", "revised")
-
-
 def _pick_file(d: Path, split: str, mode: str) -> Path | None:
     """Preferred file of a split: ``both`` (partner personas too) before ``self``, with candidates before
     without; then Hugging Face's ``personachat_self_<mode>.json``."""
@@ -371,35 +322,10 @@ def dataset_stats(path: str | Path) -> dict:
             "candidates_per_turn": "/".join(map(str, cands)), "checksum": _verdict(Path(path))}
 
 
-def _data_files(target: Path) -> list[Path]:
+def data_files_in(target: Path) -> list[Path]:
     if target.is_file():
         return [target]
     d = find_convai2_dir(target)
     if d is None:
         raise FileNotFoundError(f"{target}: no PERSONA-CHAT / ConvAI2 files there or under ConvAI2/")
     return sorted(p for p in d.iterdir() if DATA_FILE_RE.match(p.name))
-
-
-def stats_main(argv: Sequence[str]) -> int:
-    """``python -m p2bot_utils data-stats DIR [--json]``: one row per data file; nothing is printed unless
-    every file parses (a bad file gives one ``path:line: what`` line on stderr and exit code 2)."""
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils data-stats", description=stats_main.__doc__)
-    ap.add_argument("target", help="a data folder (files directly or under ConvAI2/) or one file")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = ap.parse_args(list(argv))
-    try:
-        rows = [dataset_stats(p) for p in tqdm(_data_files(Path(args.target)), desc="data-stats", leave=False, disable=None)]
-    except (DataFormatError, FileNotFoundError) as e:
-        print(f"data-stats: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    cols = list(rows[0]) if rows else []
-    widths = [max(len(c), *(len(f"{r[c]:,}" if isinstance(r[c], int) else str(r[c])) for r in rows)) for c in cols]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for r in rows:
-        print("  ".join((f"{r[c]:,}".rjust(w) if isinstance(r[c], int) else str(r[c]).ljust(w))
-                        for c, w in zip(cols, widths)))
-    print("utterances = 2 x turn pairs - __SILENCE__ openers (a silence is not an utterance)")
-    return 0

@@ -1,6 +1,6 @@
 """Persona groups, the split by persona group, sampled response candidates (no file I/O, no model code).
 
-Works on ``data.Episode`` objects (only reads fields and uses ``dataclasses.replace``); ``data`` re-exports
+Works on ``episodes.Episode`` objects (only reads fields and uses ``dataclasses.replace``); ``data`` re-exports
 the public names, so callers import them from ``p2bot_utils.data``.
 """
 from __future__ import annotations
@@ -8,12 +8,11 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 from dataclasses import replace
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from p2bot_utils.data import Episode
+from p2bot_utils.episodes import Episode
 
 MIN_SHARED = 3  # episodes whose own personas share >= 3 sentences belong to one persona group
 PARTS = ("train", "dev", "test")

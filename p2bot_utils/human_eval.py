@@ -13,13 +13,11 @@ A *sample* is the dict that ``tables.build_sample_table`` takes: ``{"example", "
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import itertools
 import math
 import os
-import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -212,21 +210,3 @@ def pairwise_wilcoxon(ratings: pd.DataFrame, systems: Sequence[str] | None = Non
     """``wilcoxon_pair`` for every pair of ``systems`` (default: all rated systems, sorted)."""
     systems = sorted(ratings["system"].unique()) if systems is None else list(systems)
     return pd.DataFrame([wilcoxon_pair(ratings, a, b) for a, b in itertools.combinations(systems, 2)])
-
-
-def main(argv: list[str]) -> int:
-    """``python -m p2bot_utils human-eval --key KEY SHEET [SHEET ...]``: Table 2 and Wilcoxon tests."""
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils human-eval", description=main.__doc__)
-    ap.add_argument("sheets", nargs="+", help="filled rating sheets (CSV)")
-    ap.add_argument("--key", required=True, help="the key file written by export_rating_sheet")
-    args = ap.parse_args(argv)
-    try:
-        ratings = import_ratings(args.sheets, args.key)
-    except (ValueError, OSError) as e:
-        print(f"human-eval: {e}", file=sys.stderr)
-        return 2
-    print(rating_distribution(ratings).to_markdown(index=False, floatfmt=".2f"))
-    if ratings["system"].nunique() > 1:
-        print()
-        print(pairwise_wilcoxon(ratings).to_markdown(index=False, floatfmt=".4g"))
-    return 0

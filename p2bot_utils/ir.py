@@ -17,10 +17,12 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from tqdm.auto import tqdm
 
 from p2bot_utils import metrics
+from p2bot_utils.episodes import SILENCE
 
-SILENCE = "__SILENCE__"
 WORDS = r"(?u)\b\w+\b"  # every word, one letter included (the IR baseline of Table 1)
 WORDS_2PLUS = r"(?u)\b\w\w+\b"  # scikit-learn's default: words of two letters or more (persona probing)
+# persona probing (Table 5) and the Receiver's hard distractors: scikit-learn's default weighting (raw tf)
+PERSONA_TFIDF = dict(sublinear_tf=False, token_pattern=WORDS_2PLUS)
 
 
 class TfidfRanker:

@@ -5,6 +5,7 @@ number comes from (profile, data source, split, commit, machine).
 """
 from __future__ import annotations
 
+import ast
 import json
 import os
 import platform
@@ -47,8 +48,6 @@ def load_params(profile_or_path: str | os.PathLike) -> dict[str, Any]:
 
 def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
     """Names assigned at the top level of a notebook's cell tagged ``parameters`` (what papermill may set)."""
-    import ast
-
     nb = Path(notebook)
     try:
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
@@ -64,41 +63,15 @@ def notebook_parameters(notebook: str | os.PathLike) -> list[str]:
     return names
 
 
-def notebook_params_main(argv: list[str]) -> int:
-    """``notebook-params PROFILE NOTEBOOK OUT``: write to OUT the profile's values of the parameters NOTEBOOK
-    declares (run_all.sh hands papermill only those). A profile key that no notebook beside NOTEBOOK declares
-    is an error: a misspelt key would otherwise be dropped without a word."""
-    import argparse
-    import sys
-
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils notebook-params")
-    ap.add_argument("profile", help="profile name or YAML path")
-    ap.add_argument("notebook")
-    ap.add_argument("out", help="YAML file to write (papermill -f)")
-    args = ap.parse_args(argv)
-    try:
-        params = load_params(args.profile)
-        nb = Path(args.notebook)
-        declared_anywhere = {k for other in sorted(nb.parent.glob("*.ipynb")) for k in notebook_parameters(other)}
-        unknown = sorted(set(params) - declared_anywhere)
-        if unknown:
-            raise ValueError(f"{args.profile}: {', '.join(unknown)} set by the profile but declared by no "
-                             f"notebook's parameters cell in {nb.parent}/ (misspelt?)")
-        mine = set(notebook_parameters(nb))
-    except (OSError, ValueError, SyntaxError) as e:
-        print(f"notebook-params: {e}", file=sys.stderr)
-        return 2
-    keep = {k: v for k, v in params.items() if k in mine}
-    atomic_write_text(args.out, yaml.safe_dump(keep, allow_unicode=True, sort_keys=False))
-    return 0
-
-
-def output_dirs(profile: str, data_source: str, root: str | os.PathLike | None = None) -> tuple[Path, Path]:
-    """``results/<profile>/`` and ``figures/<profile>/``; a run on the shipped sample writes to
+def output_dirs(profile: str, data_source: str, root: str | os.PathLike | None = None, results_dir: str = "",
+                figures_dir: str = "") -> tuple[Path, Path]:
+    """``results/<profile>/`` and ``figures/<profile>/`` (created), or the ``results_dir`` / ``figures_dir``
+    given (a notebook's parameters; "" = the default). A run on the shipped sample writes to
     ``<profile>-sample`` so it never overwrites results computed on real data."""
     root = Path(root) if root is not None else repo_root()
     name = profile if data_source == "real" else f"{profile}-sample"
-    res, fig = root / "results" / name, root / "figures" / name
+    res = Path(results_dir) if results_dir else root / "results" / name
+    fig = Path(figures_dir) if figures_dir else root / "figures" / name
     res.mkdir(parents=True, exist_ok=True)
     fig.mkdir(parents=True, exist_ok=True)
     return res, fig
@@ -110,6 +83,65 @@ def runs_dir(profile: str, data_source: str, root: str | os.PathLike | None = No
     d = root / "runs" / (profile if data_source == "real" else f"{profile}-sample")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+# --- where each model of a run lives: the one place these folder names are spelled -------------------------
+MODEL_FOLDERS = {
+    ("transmitter", "full"): "transmitter",  # P²Bot-S (notebook 01)
+    ("transmitter", "no_next"): "transmitter-no_next",  # −Next
+    ("transmitter", "no_persona"): "transmitter-no_persona",  # −Persona
+    ("receiver", ""): "receiver",  # notebook 02
+    ("selfplay", "rs1"): "selfplay-rs1",  # +RS.1 (notebook 03)
+    ("selfplay", "rs1_rs2"): "selfplay-rs1_rs2",  # +RS.1+RS.2
+    ("selfplay", "p2bot"): "selfplay-p2bot",  # +RS.1+RS.2+RS.3 = P²Bot
+}
+
+
+def model_folder(kind: str, variant: str = "") -> str:
+    """The folder name of one model under a run root: ``kind`` transmitter | receiver | selfplay."""
+    variant = variant or ("full" if kind == "transmitter" else "")
+    if (kind, variant) not in MODEL_FOLDERS:
+        raise ValueError(f"profile.model_folder: no model ({kind!r}, {variant!r}); known: {sorted(MODEL_FOLDERS)}")
+    return MODEL_FOLDERS[(kind, variant)]
+
+
+class RunPaths:
+    """Every model folder of one run under ``root`` (``runs/<profile>[-sample]/`` by default)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunPaths({str(self.root)!r})"
+
+    def transmitter(self, variant: str = "full") -> Path:
+        """A trained Transmitter variant (``full`` = P²Bot-S, ``no_next``, ``no_persona``)."""
+        return self.root / model_folder("transmitter", variant)
+
+    def training(self, variant: str = "full") -> Path:
+        """A Transmitter variant's training folder (checkpoint, settings) while it trains."""
+        return self.root / f"{model_folder('transmitter', variant)}.train"
+
+    def receiver(self) -> Path:
+        return self.root / model_folder("receiver")
+
+    def selfplay(self, variant: str) -> Path:
+        """A self-play policy (``rs1``, ``rs1_rs2``, ``p2bot``); its checkpoint lives inside while it trains."""
+        return self.root / model_folder("selfplay", variant)
+
+
+SHARED_PARAMS = ("profile", "seed", "data_dir", "use_sample", "persona_clusters", "split_fractions", "device",
+                 "results_dir", "figures_dir")
+
+
+def notebook_params(namespace: dict[str, Any], *prefixes: str) -> dict[str, Any]:
+    """A notebook's parameters for its manifest, read from its ``globals()`` right after the parameters cell:
+    the shared keys it declares and every name starting with one of ``prefixes``. Seeds the RNGs with
+    ``seed`` (``set_seed``), as every notebook does first."""
+    params = {k: v for k, v in namespace.items()
+              if k in SHARED_PARAMS or (prefixes and k.startswith(prefixes) and not k.startswith("_"))}
+    set_seed(params.get("seed", 0))
+    return params
 
 
 def set_seed(seed: int) -> None:

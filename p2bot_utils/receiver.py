@@ -27,6 +27,11 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from p2bot_utils.backbones import load_encoder
+from p2bot_utils.profile import atomic_write_json
 
 CONFIG_NAME, WEIGHTS_NAME = "receiver_config.json", "model.safetensors"
 
@@ -287,10 +292,6 @@ class Receiver(nn.Module):
     # --- persistence: one folder, safetensors + JSON config + tokenizer ---
     def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
         """Write ``receiver_config.json`` (with the encoder's config), ``model.safetensors`` and the tokenizer."""
-        from safetensors.torch import save_file
-
-        from p2bot_utils.profile import atomic_write_json
-
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
@@ -305,9 +306,6 @@ class Receiver(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None) -> "Receiver":
         """Rebuild a saved Receiver (no network, no pickles)."""
-        from safetensors.torch import load_file
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
-
         path = Path(path)
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
@@ -327,8 +325,6 @@ class Receiver(nn.Module):
     @classmethod
     def from_backbone(cls, config: ReceiverConfig, cache_dir: str | None = None) -> "Receiver":
         """A fresh (untrained) Receiver: both encoders initialised from ``config.backbone``."""
-        from p2bot_utils.backbones import load_encoder
-
         encoder, tokenizer = load_encoder(config.backbone, cache_dir=cache_dir)
         return cls(config, encoder, tokenizer)
 
@@ -367,76 +363,9 @@ def score_utterances(receiver: Receiver, utterances: Sequence[str], personas: Se
     return cumulative_score(U, receiver.scoring_tau(), None, w_mask, "mean")  # (K,)
 
 
-# --- training: one Eq. 12 triple per dialogue side (sides and distractors: ``probing``) -------------
-@dataclass(frozen=True)
-class ReceiverExample:
-    """Eq. 12 training triple: utterances x, true persona A, distractor persona Z."""
-
-    utterances: tuple[str, ...]
-    persona: tuple[str, ...]
-    distractor: tuple[str, ...]
-
-
-def collate_examples(examples: Sequence[ReceiverExample], tokenizer, max_length: int) -> dict:
+# --- a training batch of Eq. 12 triples (``sides.ReceiverExample``) ------------------------------------
+def collate_examples(examples: Sequence, tokenizer, max_length: int) -> dict:
     """A batch for ``Receiver.forward``: three ``pack_texts`` dicts (utterances, true, distractor)."""
     return {"utterances": pack_texts(tokenizer, [e.utterances for e in examples], max_length),
             "true": pack_texts(tokenizer, [e.persona for e in examples], max_length),
             "distractor": pack_texts(tokenizer, [e.distractor for e in examples], max_length)}
-
-
-def _loss_fn(model, batch: dict, progress: float, config: ReceiverConfig) -> dict:
-    return receiver_loss(model(batch), config, progress)
-
-
-def train_receiver(receiver: Receiver, examples: Sequence[ReceiverExample], train_config, **kw):
-    """Eq. 12 with the shared loop (``training.train``: accelerate, checkpoints, resume, CSV log of
-    loss / hinge / l1 / margin_acc / tau). Returns its ``TrainResult``; saving the model is the caller's."""
-    from functools import partial
-
-    from p2bot_utils.training import train
-
-    collate = partial(collate_examples, tokenizer=receiver.tokenizer, max_length=receiver.config.max_length)
-    return train(receiver.train(), list(examples), collate, partial(_loss_fn, config=receiver.config),
-                 train_config, **kw)
-
-
-# --- CLI: python -m p2bot_utils train-receiver ----------------------------------------------------------
-def main(argv: list[str]) -> int:
-    """Train a Receiver on the train part of the persona-group split and save it to ``--out``."""
-    import argparse
-    import sys
-
-    from p2bot_utils.probing import build_examples, load_sides, pool_from_sides
-    from p2bot_utils.training import TrainConfig
-
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils train-receiver", description=main.__doc__)
-    ap.add_argument("--out", required=True, help="folder for the saved Receiver (checkpoints under OUT/run)")
-    ap.add_argument("--backbone", default="minilm-l6", help="backbones.load_encoder name")
-    ap.add_argument("--data-dir", default="", help="ParlAI files folder ('' = P2BOT_DATA_DIR / ./data)")
-    ap.add_argument("--use-sample", action="store_true", help="the shipped synthetic sample")
-    ap.add_argument("--mode", choices=("original", "revised"), default="original")
-    ap.add_argument("--released-code", action="store_true", help="the authors' code choices (see ReceiverConfig)")
-    ap.add_argument("--max-length", type=int, default=32)
-    ap.add_argument("--train-layers", type=int, default=-1, help="top blocks fine-tuned; -1 = all (paper)")
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--max-steps", type=int, default=-1)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=2e-5)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    try:
-        make = ReceiverConfig.released_code if args.released_code else ReceiverConfig
-        config = make(backbone=args.backbone, max_length=args.max_length, train_layers=args.train_layers)
-        split = load_sides(args.data_dir or None, args.mode, args.seed, use_sample=args.use_sample)
-        examples = build_examples(split.train, pool_from_sides(split.train), config.distractor, args.seed)
-        tc = TrainConfig(out_dir=str(Path(args.out) / "run"), lr=args.lr, num_epochs=args.epochs,
-                         max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"train-receiver: {e}", file=sys.stderr)
-        return 2
-    receiver = Receiver.from_backbone(config)
-    result = train_receiver(receiver, examples, tc)
-    receiver.save_pretrained(args.out)
-    print(f"train-receiver: {result.steps} steps on {len(examples)} sides, final loss {result.final_loss:.4f}; "
-          f"saved to {args.out}")
-    return 0

@@ -10,7 +10,7 @@ reward is R = λ1·R1 + λ2·R2 + λ3·R3 (Eq. 10):
   γ-discounted scores of every later utterance of both speakers against their own persona.
 
 Functions here take tensors / models and return tensors; none keeps state. ``compute_rewards`` applies them to
-a self-play rollout (model code imported lazily, inside it). The authors' released code
+a self-play rollout. The authors' released code
 differs in a few places; each difference is a named option (``coherence_mode="prob_minus_half"``,
 ``normalisation="minmax"``, ``CODE_WEIGHTS``, ``repetition_penalty``).
 """
@@ -23,6 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from p2bot_utils.lm_likelihood import utterance_log_likelihood
+from p2bot_utils.receiver import score_utterances
+from p2bot_utils.transmitter import nup_log_prob
+
 REWARD_NAMES = ("r1", "r2", "r3")
 PAPER_WEIGHTS = {"r1": 0.4, "r2": 0.1, "r3": 0.5}  # λ1, λ2, λ3 of Eq. 10 (paper Sec. 5.1)
 CODE_WEIGHTS = {"r1": 0.5, "r2": 0.1, "r3": 0.5}  # the released code's worlds/selfplay.py
@@ -33,44 +37,6 @@ PERSONA_NORMALISATIONS = ("none", "minmax")
 
 
 # --- R1: language style (Eq. 6) ---------------------------------------------------------------------
-def _lm_inputs(tokenizer, texts: Sequence[str], max_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[start] text [end]`` token ids, right-padded, and a mask of the tokens that are scored
-    (the text tokens and the end token; the start token is only context)."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    end = tokenizer.eos_token_id
-    if start is None or end is None:
-        raise ValueError("rewards._lm_inputs: the R1 tokenizer needs a bos or eos token to frame an utterance")
-    seqs = [[start] + tokenizer.encode(t, add_special_tokens=False)[:max_tokens] + [end] for t in texts]
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), end, dtype=torch.long)  # (N, T); padding value never scored
-    scored = torch.zeros((len(seqs), width), dtype=torch.bool)  # (N, T)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        scored[i, 1 : len(s)] = True
-    return ids, scored
-
-
-@torch.no_grad()
-def utterance_log_likelihood(lm, tokenizer, texts: Sequence[str], length_normalised: bool = True,
-                             max_tokens: int = 64) -> torch.Tensor:
-    """(1/|a|) Σ_t log p_LM(a_t | a_<t) of each text under a plain causal LM (the core of Eq. 6).
-
-    The end token is scored too, so an empty utterance gets the (low) score log p(end | start) instead of
-    the undefined 0/0 (the released code maps that NaN to 0, the best possible score). Returns (N,).
-    """
-    if len(texts) == 0:
-        return torch.zeros(0)
-    device = next(lm.parameters()).device
-    ids, scored = _lm_inputs(tokenizer, texts, max_tokens)
-    ids, scored = ids.to(device), scored.to(device)
-    attn = torch.ones_like(ids)  # right padding: causal attention never looks at later (padded) positions
-    logits = lm(input_ids=ids, attention_mask=attn).logits.float()  # (N, T, V)
-    logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)  # (N, T-1)
-    mask = scored[:, 1:].float()  # (N, T-1)
-    total = (logp * mask).sum(-1)  # (N,)
-    return (total / mask.sum(-1) if length_normalised else total).cpu()
-
-
 def language_style_reward(lm, tokenizer, utterances: Sequence[str], batch_size: int = 32) -> torch.Tensor:
     """Eq. 6: R1(a^B_n) = (1/|a^B_n|) log p_LM(a^B_n) under the frozen pretrained LM. Returns (N,)."""
     chunks = [utterance_log_likelihood(lm, tokenizer, utterances[i : i + batch_size])
@@ -166,7 +132,7 @@ class RewardModels:
         return self
 
 
-def _flat(rows: list[list]) -> list:
+def flatten(rows: list[list]) -> list:
     return [x for row in rows for x in row]
 
 
@@ -183,13 +149,11 @@ def compute_rewards(ro, models: RewardModels, config) -> dict[str, torch.Tensor]
     tensors: the wanted ``r1``/``r2``/``r3``, the optional ``penalty``, and ``reward`` = Eq. 10 over the
     enabled terms (minus the penalty)."""
     B, N = len(ro.agent), config.n_turns
-    replies, comps = _flat(ro.agent), {}
+    replies, comps = flatten(ro.agent), {}
     for name in _wanted(config, models):
         if name == "r1":  # Eq. 6
             comps["r1"] = language_style_reward(models.lm, models.lm_tokenizer, replies)
         elif name == "r2":  # Eq. 7
-            from p2bot_utils.transmitter import nup_log_prob  # lazy: pure reward functions need no model code
-
             contexts = [ro.agent_context(i, n) for i in range(B) for n in range(N)]
             personas = [p for p in ro.personas_b for _ in range(N)]
             log_p = nup_log_prob(models.coherence, personas, contexts, replies)
@@ -208,11 +172,9 @@ def compute_rewards(ro, models: RewardModels, config) -> dict[str, torch.Tensor]
 
 def receiver_scores(ro, receiver) -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 9: r(x) of every utterance against its own speaker's persona -> r_user, r_agent, both (B, N)."""
-    from p2bot_utils.receiver import score_utterances  # lazy, as above
-
     B, N = len(ro.agent), len(ro.agent[0])
-    r_user = score_utterances(receiver, _flat(ro.user), [p for p in ro.personas_a for _ in range(N)])
-    r_agent = score_utterances(receiver, _flat(ro.agent), [p for p in ro.personas_b for _ in range(N)])
+    r_user = score_utterances(receiver, flatten(ro.user), [p for p in ro.personas_a for _ in range(N)])
+    r_agent = score_utterances(receiver, flatten(ro.agent), [p for p in ro.personas_b for _ in range(N)])
     return r_user.float().cpu().reshape(B, N), r_agent.float().cpu().reshape(B, N)
 
 

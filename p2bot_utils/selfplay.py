@@ -9,24 +9,19 @@ is updated with REINFORCE (Eq. 4-5) against the mean reward of the mini-batch. O
 from __future__ import annotations
 
 import copy
-import csv
-import math
 import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from p2bot_utils import rewards as rw
-from p2bot_utils import transmitter as tx
-from p2bot_utils.metrics import distinct_n, mean_and_stderr
-from p2bot_utils.rewards import RewardModels, _flat, compute_rewards, receiver_scores  # noqa: F401
-from p2bot_utils.profile import atomic_write_text
+from p2bot_utils import decoding as dec
+from p2bot_utils.episodes import SILENCE
+from p2bot_utils.metrics import distinct_n
+from p2bot_utils.rewards import RewardModels, compute_rewards, flatten
 
-SILENCE = "__SILENCE__"
 LOG_FIELDS = ("step", "dialogues", "r1", "r2", "r3", "penalty", "reward", "baseline", "loss", "response_len",
               "distinct_1", "distinct_2", "logp_gap")
 
@@ -103,9 +98,37 @@ class SelfPlayConfig:
         sampling, weights 0.5/0.1/0.5, p − 0.5, min-max R3, repetition penalty, per-turn baseline,
         length-normalised log-probability, clipping at 1.0."""
         code = dict(user_shares_weights=True, repeat_pair=True, weights=dict(rw.CODE_WEIGHTS), top_k=20,
-                    coherence_mode="prob_minus_half", persona_normalisation="minmax", repetition_penalty=0.1,
-                    baseline="turn_mean", log_prob="mean", max_grad_norm=1.0)
+                    max_grad_norm=1.0, **REWARD_PRESETS["released_code"])
         return cls(**{**code, **overrides})
+
+    @classmethod
+    def from_params(cls, params: dict, variant: str, **overrides) -> "SelfPlayConfig":
+        """A Table 3 variant from a profile's ``selfplay_*`` keys (and ``seed``): the budget and rollout keys,
+        λ (``selfplay_reward_weights``, Eq. 10), γ (``selfplay_gamma``, Eq. 8) and ``selfplay_reward_preset``
+        (``paper`` | ``released_code``: how R2, R3, the baseline and log p(a|s) are computed)."""
+        p = {k[len("selfplay_"):]: v for k, v in params.items() if k.startswith("selfplay_")}
+        preset = p.get("reward_preset", "paper")
+        if preset not in REWARD_PRESETS:
+            raise ValueError(f"selfplay_reward_preset={preset!r}: expected one of {sorted(REWARD_PRESETS)}")
+        lam = p.get("reward_weights", list(rw.PAPER_WEIGHTS.values()))
+        if not isinstance(lam, (list, tuple)) or len(lam) != len(rw.REWARD_NAMES):
+            raise ValueError(f"selfplay_reward_weights={lam!r}: expected three numbers λ1, λ2, λ3 (Eq. 10)")
+        keys = ("n_dialogues", "batch_size", "n_turns", "max_new_tokens", "temperature", "top_k", "user_decoding",
+                "user_shares_weights", "lr", "max_grad_norm", "trainable_layers", "gamma")
+        base = {k: p[k] for k in keys if k in p} | dict(
+            weights=dict(zip(rw.REWARD_NAMES, map(float, lam))), seed=params.get("seed", 0),
+            **REWARD_PRESETS[preset])
+        return cls.variant(variant, **{**base, **overrides})
+
+
+# The reward and estimator choices that differ between the paper and the released code (profile key
+# selfplay_reward_preset); λ, γ, sampling and clipping are keys of their own.
+REWARD_PRESETS = {
+    "paper": dict(coherence_mode="log_prob", persona_normalisation="none", repetition_penalty=0.0,
+                  baseline="batch_mean", log_prob="sum"),
+    "released_code": dict(coherence_mode="prob_minus_half", persona_normalisation="minmax", repetition_penalty=0.1,
+                          baseline="turn_mean", log_prob="mean"),
+}
 
 
 # --- inputs: persona pairs and openings ------------------------------------------------------------------
@@ -185,10 +208,10 @@ def _agent_replies(learner, personas, contexts, config: SelfPlayConfig, greedy: 
     """B's replies: sampled (temperature / top-k) with the log-probs of that very distribution, or greedy.
     Returns texts, token ids, (B,) log p(a|s) and (B,) reply lengths in tokens (without the end token)."""
     if greedy:
-        texts = tx.generate_replies(learner, personas, contexts, num_beams=1, max_new_tokens=config.max_new_tokens)
+        texts = dec.generate_replies(learner, personas, contexts, num_beams=1, max_new_tokens=config.max_new_tokens)
         lengths = [len(learner.tokenizer.encode(t, add_special_tokens=False)) for t in texts]
         return texts, [[] for _ in texts], torch.zeros(len(texts)), torch.tensor(lengths, dtype=torch.float)
-    out = tx.sample_replies(learner, personas, contexts, max_new_tokens=config.max_new_tokens,
+    out = dec.sample_replies(learner, personas, contexts, max_new_tokens=config.max_new_tokens,
                             temperature=config.temperature, top_k=config.top_k)
     clf = learner.ids.clf
     lengths = torch.tensor([len(r) - (1 if r and r[-1] == clf else 0) for r in out.token_ids], dtype=torch.float)
@@ -205,7 +228,7 @@ def _reduce_log_probs(per_token: Sequence[torch.Tensor], reduce: str) -> torch.T
 def _user_replies(user, personas, histories, config: SelfPlayConfig) -> list[str]:
     """A's replies: beam search of size ``user_beam_size`` (Eq. 3 re-ranking inside) or greedy decoding."""
     beam = config.user_beam_size if config.user_decoding == "beam" else 1
-    return tx.generate_replies(user, personas, histories, num_beams=beam, max_new_tokens=config.max_new_tokens)
+    return dec.generate_replies(user, personas, histories, num_beams=beam, max_new_tokens=config.max_new_tokens)
 
 
 # --- REINFORCE (Eq. 4-5) ------------------------------------------------------------------------------------
@@ -233,7 +256,7 @@ def agent_log_probs(learner, ro: Rollout, config: SelfPlayConfig) -> torch.Tenso
     B, N = len(ro.agent), config.n_turns
     contexts = [ro.agent_context(i, n) for i in range(B) for n in range(N)]
     personas = [p for p in ro.personas_b for _ in range(N)]
-    per_token = tx.sequence_log_probs(learner, personas, contexts, _flat(ro.agent_ids),
+    per_token = dec.sequence_log_probs(learner, personas, contexts, flatten(ro.agent_ids),
                                       temperature=config.temperature, top_k=config.top_k)
     return _reduce_log_probs(per_token, config.log_prob).reshape(B, N)
 
@@ -288,7 +311,7 @@ def _log_row(step: int, config: SelfPlayConfig, ro: Rollout, comps: dict, loss, 
         row[k] = float(comps[k].mean()) if k in comps else ""
     row.update(baseline=float(b.mean()), loss=loss.item(),
                response_len=float(ro.reply_tokens.mean()),
-               distinct_1=distinct_n(_flat(ro.agent), 1), distinct_2=distinct_n(_flat(ro.agent), 2),
+               distinct_1=distinct_n(flatten(ro.agent), 1), distinct_2=distinct_n(flatten(ro.agent), 2),
                logp_gap=float((ro.sampled_log_probs - logp.detach().cpu()).abs().mean()))
     return row
 
@@ -306,154 +329,3 @@ def selfplay_step(learner, user, models: RewardModels, optimizer, personas_a, pe
         nn.utils.clip_grad_norm_([p for p in learner.parameters() if p.requires_grad], config.max_grad_norm)
     optimizer.step()
     return _log_row(step, config, ro, comps, loss, b, logp), ro, comps
-
-
-@dataclass
-class SelfPlayResult:
-    steps: int
-    log: list[dict]
-
-
-def _write_log(path: str, rows: list[dict]) -> None:
-    if path:
-        import io
-
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: r.get(k, "") for k in LOG_FIELDS} for r in rows)
-        atomic_write_text(path, buf.getvalue())
-
-
-RESUME_FREE = ("n_dialogues", "save_every", "out_dir", "log_csv")  # may change between a run and its resume
-
-
-def _check_resumable(ckpt: Path, saved: dict, config: SelfPlayConfig) -> None:
-    now = asdict(config)
-    diff = [k for k in now if k not in RESUME_FREE and k in saved and _jsonish(saved[k]) != _jsonish(now[k])]
-    if diff:
-        raise ValueError(f"{ckpt}: checkpoint written with other settings ({', '.join(diff)}); delete it or "
-                         f"restore those settings")
-
-
-def _jsonish(v):
-    return list(v) if isinstance(v, tuple) else v
-
-
-def train_selfplay(learner, user, models: RewardModels, persona_pool, openings: Sequence[str],
-                   config: SelfPlayConfig, stop_after_steps: int | None = None) -> SelfPlayResult:
-    """Self-play fine-tuning of B (Sec. 3.2): ⌈n_dialogues / batch_size⌉ Adam updates of Eq. 5. Resumes from
-    ``out_dir/checkpoint`` when one is there; ``stop_after_steps`` interrupts (tests, budgets)."""
-    from p2bot_utils.training import find_checkpoint, load_checkpoint, save_checkpoint
-
-    models.frozen()
-    learner.eval()  # dropout off: the gradient is taken under the very distribution B sampled from
-    optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=config.lr)
-    ckpt = Path(config.out_dir) / "checkpoint" if config.out_dir else None
-    start, log = 0, []
-    if ckpt is not None and find_checkpoint(ckpt) is not None:
-        state = load_checkpoint(ckpt, learner, optimizer)
-        _check_resumable(ckpt, state.get("config", {}), config)
-        start, log = int(state["step"]), state["log"]
-    total = math.ceil(config.n_dialogues / config.batch_size)
-    done = 0
-    for step in tqdm(range(start, total), initial=start, total=total, desc="self-play"):
-        torch.manual_seed(config.seed * 1_000_003 + step)
-        pa, pb, opens = step_inputs(persona_pool, openings, config, step)
-        row, _, _ = selfplay_step(learner, user, models, optimizer, pa, pb, opens, config, step)
-        log.append(row)
-        _write_log(config.log_csv, log)
-        done += 1
-        if ckpt is not None and config.save_every and (step + 1) % config.save_every == 0:
-            save_checkpoint(ckpt, learner, optimizer, state={"step": step + 1, "log": log, "config": asdict(config)})
-        if stop_after_steps is not None and done >= stop_after_steps:
-            break
-    return SelfPlayResult(steps=start + done, log=log)
-
-
-def remove_checkpoint(config: SelfPlayConfig) -> None:
-    """Delete ``out_dir/checkpoint`` (after a finished run, so that a rerun starts afresh, not resumes)."""
-    import shutil
-
-    if config.out_dir:
-        for name in ("checkpoint", ".checkpoint.old", ".checkpoint.tmp"):
-            shutil.rmtree(Path(config.out_dir) / name, ignore_errors=True)
-
-
-SUMMARY_METRICS = ("reward", "r1", "r2", "r3", "distinct_1", "distinct_2", "response_len")
-
-
-def summarise_logs(logs: dict, frac: float = 0.2):
-    """Per variant and metric: the mean of the first and of the last ``frac`` of the updates, and the change."""
-    import pandas as pd
-
-    rows = []
-    for variant, log in logs.items():
-        log = pd.DataFrame(log)
-        k = max(1, int(round(len(log) * frac)))
-        for m in SUMMARY_METRICS:
-            y = pd.to_numeric(log[m], errors="coerce") if m in log else pd.Series(dtype=float)
-            if y.notna().any():
-                start, end = float(y.iloc[:k].mean()), float(y.iloc[-k:].mean())
-                rows.append({"variant": variant, "metric": m, "start": start, "end": end, "change": end - start,
-                             "updates": len(log), "window": k})
-    return pd.DataFrame(rows)
-
-
-# --- a fixed, paired evaluation of policies (before / after self-play) --------------------------------------
-EVAL_TERMS = ("r1", "r2", "r3", "reward")
-
-
-def eval_inputs(persona_pool, openings: Sequence[str], n_dialogues: int, seed: int):
-    """``n_dialogues`` (persona_A, persona_B, opening) drawn with ``seed`` alone — the same for every policy
-    evaluated, and apart from the training draws when ``seed`` differs from the training seed."""
-    rng = random.Random(f"selfplay-eval-{seed}")
-    pairs = draw_persona_pairs(persona_pool, n_dialogues, rng)
-    opens = [rng.choice(list(openings)) for _ in pairs]
-    return [a for a, _ in pairs], [b for _, b in pairs], opens
-
-
-@torch.no_grad()
-def evaluate_policy(learner, user, models: RewardModels, persona_pool, openings: Sequence[str],
-                    config: SelfPlayConfig, n_dialogues: int, seed: int, batch_size: int | None = None,
-                    show_progress: bool = True):
-    """Self-play ``n_dialogues`` fixed dialogues (``eval_inputs``) with ``learner`` as B, sampling as in
-    training from the same torch seed per batch (common random numbers, so two policies are compared on the
-    same draws), and score every a^B_n with ALL reward terms -> DataFrame, one row per dialogue: the mean over
-    B's turns of r1, r2, r3 and of ``reward`` = Eq. 10 with all three terms (the full P²Bot objective, whatever
-    ``config.rewards`` says), plus B's reply length."""
-    import pandas as pd
-
-    models.frozen()
-    learner.eval()
-    full = SelfPlayConfig(**{**asdict(config), "rewards": rw.REWARD_NAMES, "log_all_rewards": True,
-                             "repetition_penalty": 0.0})
-    pa, pb, opens = eval_inputs(persona_pool, openings, n_dialogues, seed)
-    bs, rows = batch_size or config.batch_size, []
-    for start in tqdm(range(0, n_dialogues, bs), desc="self-play eval", disable=not show_progress, leave=False):
-        sl = slice(start, start + bs)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed * 1_000_003 + start)
-            ro = rollout(learner, user, pa[sl], pb[sl], opens[sl], full)
-        comps = compute_rewards(ro, models, full)
-        for i in range(len(ro.agent)):
-            rows.append({"dialogue": start + i, **{k: float(comps[k][i].mean()) for k in EVAL_TERMS},
-                         "response_len": float(ro.reply_tokens[i].mean())})
-    return pd.DataFrame(rows)
-
-
-def paired_change(before, after, terms: Sequence[str] = EVAL_TERMS):
-    """Per term: mean before, mean after, the mean paired difference (after − before, dialogue by dialogue) and
-    its standard error; ``significant`` when |change| > 2 SE. ``before`` / ``after``: ``evaluate_policy`` frames
-    of the same dialogues."""
-    import pandas as pd
-
-    if list(before["dialogue"]) != list(after["dialogue"]):
-        raise ValueError("selfplay.paired_change: before and after must be evaluations of the same dialogues")
-    rows = []
-    for t in terms:
-        mean, se = mean_and_stderr(after[t].to_numpy() - before[t].to_numpy())
-        rows.append({"metric": t, "before": float(before[t].mean()), "after": float(after[t].mean()),
-                     "change": mean, "change_se": se, "n_dialogues": len(after),
-                     "significant": bool(abs(mean) > 2 * se)})  # False when se is NaN (one dialogue)
-    return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ A *measured record* is one evaluation of one system on one persona variant::
 Hits@1, MRR, F1 and BLEU are fractions in [0, 1] in a record and are shown ×100 in the tables, as the paper
 does (its BLEU column, e.g. 0.56, is ParlAI's sentence BLEU ×100). Several records of one system and persona
 variant with different seeds are shown as mean ± std over the seeds. Cited values are carried exactly as
-printed in the paper, never rescaled. Imports nothing of the project (NumPy and pandas only).
+printed in the paper, never rescaled. Of the project it imports only ``profile`` (where each model lives).
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
+
+from p2bot_utils.profile import model_folder
 
 PAPER = "Liu et al. (2020)"
 PERSONAS = ("original", "revised")
@@ -55,8 +57,10 @@ TABLE3_BASELINE = "P²Bot-S"
 PROVENANCE = ("split", "candidates", "tokenizer", "model")
 
 # Where notebooks 01 and 03 save each system under runs/<profile>/; P²Bot (Table 1) = +RS.1+RS.2+RS.3.
-SYSTEM_FOLDERS = {"P²Bot-S": "transmitter", "−Persona": "transmitter-no_persona", "−Next": "transmitter-no_next",
-                  "+RS.1": "selfplay-rs1", "+RS.1+RS.2": "selfplay-rs1_rs2", "+RS.1+RS.2+RS.3": "selfplay-p2bot"}
+SYSTEM_MODELS = {"P²Bot-S": ("transmitter", "full"), "−Persona": ("transmitter", "no_persona"),
+                 "−Next": ("transmitter", "no_next"), "+RS.1": ("selfplay", "rs1"),
+                 "+RS.1+RS.2": ("selfplay", "rs1_rs2"), "+RS.1+RS.2+RS.3": ("selfplay", "p2bot")}
+SYSTEM_FOLDERS = {name: model_folder(*kind) for name, kind in SYSTEM_MODELS.items()}
 TABLE1_ALIASES = {"+RS.1+RS.2+RS.3": "P²Bot"}
 UNTRAINED, IR_SYSTEM = "untrained backbone", "IR"
 

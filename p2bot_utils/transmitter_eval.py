@@ -3,24 +3,24 @@
 Ranking shares each turn's context among its 20 candidates: the context runs ONCE, its KV cache is repeated
 to 20 rows, and only the candidate tokens run per candidate (``rank_candidates``); ``rank_candidates_per_pair``
 is the plain one-forward-per-pair reference (same numbers, used by tests and the benchmark).
-``evaluate_main`` is ``python -m p2bot_utils evaluate-transmitter``.
+``python -m p2bot_utils evaluate-transmitter`` (``cli``) calls ``evaluate_transmitter``.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import random
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import trange
 
 from p2bot_utils import metrics
-from p2bot_utils.transmitter import (Transmitter, candidate_batch, encode_texts, generate_replies,
-                                     layout_batch, score_replies)
-from p2bot_utils.transmitter_train import episode_turns
+from p2bot_utils.decoding import generate_replies
+from p2bot_utils.episodes import episode_turns
+from p2bot_utils.profile import atomic_write_text
+from p2bot_utils.transmitter import Transmitter, candidate_batch, encode_texts, layout_batch, score_replies
 
 
 def select_turns(episodes: Sequence, max_turns: int | None = None, seed: int = 0) -> list[dict]:
@@ -96,8 +96,6 @@ def _ppl_ci(nll: np.ndarray, n: np.ndarray, seed: int, reps: int = 1000) -> tupl
 
 
 def _ranking_metrics(model, turns, batch_size, rank_all, seed, show_progress) -> tuple[dict, list]:
-    from tqdm.auto import trange
-
     ranks, nll, ntok = [], [], []
     for lo in trange(0, len(turns), batch_size, desc="rank", disable=not show_progress, leave=False):
         chunk = turns[lo:lo + batch_size]
@@ -126,8 +124,6 @@ def _generation_metrics(model, turns, gen_kw, jsonl_path) -> dict:
     f1 = [metrics.f1_score(o["reply"], [t["reply"]]) for o, t in zip(outs, turns)]
     bleu = [metrics.bleu_score(o["reply"], [t["reply"]]) for o, t in zip(outs, turns)]
     if jsonl_path:
-        from p2bot_utils.profile import atomic_write_text
-
         rows = [{"episode_id": t["episode_id"], "turn": t["turn"], "persona": t["persona"],
                  "history": t["history"], "gold": t["reply"], **o, "f1": f, "bleu": b}
                 for t, o, f, b in zip(turns, outs, f1, bleu)]
@@ -172,36 +168,6 @@ def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = N
 def _variant_name(model: Transmitter) -> str:
     c = model.config
     return "full" if c.use_nup_head and c.use_persona else ("no_next" if not c.use_nup_head else "no_persona")
-
-
-def evaluate_main(argv: Sequence[str]) -> int:
-    """``python -m p2bot_utils evaluate-transmitter --model DIR --data-dir DIR --mode original|revised``."""
-    from p2bot_utils.data import load_split_data
-
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils evaluate-transmitter")
-    ap.add_argument("--model", required=True, help="a saved Transmitter folder (Transmitter.save_pretrained)")
-    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT / ConvAI2 folder; none = the shipped sample")
-    ap.add_argument("--mode", default="original", choices=["original", "revised"])
-    ap.add_argument("--split", default="dev", choices=["dev", "test"])
-    ap.add_argument("--max-turns", type=int, default=None, help="seeded subsample of turns")
-    ap.add_argument("--gen-turns", type=int, default=None, help="generate replies on the first N of them")
-    ap.add_argument("--alpha", type=float, default=0.1, help="Eq. 3 mixing weight (1 = Eq. 2)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-generate", action="store_true")
-    ap.add_argument("--jsonl", default=None, help="write the generated replies here")
-    ap.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    args = ap.parse_args(list(argv))
-    if not Path(args.model).is_dir():
-        ap.error(f"--model {args.model}: no such folder")
-    data = load_split_data(args.data_dir, mode=args.mode, seed=args.seed, use_sample=args.data_dir is None)
-    model = Transmitter.from_pretrained(args.model)
-    res = evaluate_transmitter(model, getattr(data, args.split), args.max_turns, args.seed,
-                               generate=not args.no_generate, gen_turns=args.gen_turns, alpha=args.alpha,
-                               jsonl_path=args.jsonl)
-    res.update({"data_source": data.source, "split": args.split, "mode": args.mode,
-                "split_method": data.info.get("split_method")})
-    print(json.dumps(res, indent=None if args.json else 2, default=float))
-    return 0
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:

@@ -2,26 +2,33 @@
 
 ``make_examples`` turns episodes into (persona, history, reply, distractors) token ids, ``TransmitterCollator``
 lays them out (each context with its gold reply first, then its distractors), ``TransmitterLoss`` is the ``loss_fn`` of
-``p2bot_utils.training.train``; ``train_main`` is ``python -m p2bot_utils train-transmitter``.
+``p2bot_utils.training.train``; ``TransmitterTrainConfig`` reads a profile; ``train_variant`` trains one Table 3 variant.
 """
 from __future__ import annotations
 
-import argparse
+import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
+from tqdm.auto import tqdm
 
-from p2bot_utils.transmitter import (SILENCE, SpecialIds, Transmitter, TransmitterConfig, build_inputs,
+from p2bot_utils.backbones import load_causal_lm
+from p2bot_utils.checkpoints import find_checkpoint
+from p2bot_utils.episodes import episode_turns
+from p2bot_utils.profile import RunPaths, atomic_write_json, model_folder
+from p2bot_utils.training import TrainConfig, train
+from p2bot_utils.transmitter import (SpecialIds, Transmitter, TransmitterConfig, build_inputs,
                                      pad_batch, shared_context_batch)
 
-VARIANTS = {  # Table 3: P²Bot-S and its two ablations; folder name under runs/<profile>/
-    "full": ("transmitter", dict(use_nup_head=True, use_persona=True)),
-    "no_next": ("transmitter-no_next", dict(use_nup_head=False, use_persona=True)),
-    "no_persona": ("transmitter-no_persona", dict(use_nup_head=True, use_persona=False)),
+VARIANTS = {  # Table 3: P²Bot-S and its two ablations (folders: profile.model_folder("transmitter", variant))
+    "full": dict(use_nup_head=True, use_persona=True),
+    "no_next": dict(use_nup_head=False, use_persona=True),
+    "no_persona": dict(use_nup_head=True, use_persona=False),
 }
 NUP_LOSSES = ("binary", "softmax")
 
@@ -36,25 +43,11 @@ class TransmitterExample:
     distractors: tuple = ()
 
 
-def episode_turns(episode) -> list[tuple[list[str], list[str], str, tuple]]:
-    """(own persona, history, gold reply, candidates) of every turn; history = all earlier utterances of both
-    speakers plus the partner's current one (``__SILENCE__`` dropped)."""
-    out, hist = [], []
-    for turn in episode.turns:
-        if turn.partner.strip() and turn.partner.strip() != SILENCE:
-            hist.append(turn.partner)
-        out.append((list(episode.own_persona), list(hist), turn.reply, tuple(turn.candidates)))
-        hist.append(turn.reply)
-    return out
-
-
 def make_examples(tokenizer, episodes: Sequence, seed: int = 0, n_distractors: int = 1,
                   show_progress: bool = False) -> list[TransmitterExample]:
     """One example per turn of every episode, tokenised once, with ``n_distractors`` seeded distractors
     (paper: 1; 0 for −Next), each a reply drawn from the OTHER episodes, never equal to the gold reply nor to
     another distractor of the same example."""
-    from tqdm.auto import tqdm
-
     if not isinstance(n_distractors, int) or n_distractors < 0:
         raise ValueError(f"transmitter_train.make_examples: n_distractors={n_distractors!r} must be an int >= 0")
     cache: dict[str, tuple] = {}
@@ -174,48 +167,84 @@ def build_transmitter(backbone: str, variant: str = "full", max_len: int = 256, 
                       seed: int = 0, cache_dir=None, head_dropout: float = 0.1) -> Transmitter:
     """A fresh Transmitter of a Table 3 variant on top of ``backbones.load_causal_lm(backbone)``;
     ``head_dropout`` is the dropout on the ``<clf>`` state before the NUP head (GPT's 0.1 by default)."""
-    from p2bot_utils.backbones import load_causal_lm
-
     if variant not in VARIANTS:
         raise ValueError(f"transmitter_train: variant must be one of {list(VARIANTS)}, got {variant!r}")
     if not 0.0 <= head_dropout < 1.0:
         raise ValueError(f"transmitter_train: head_dropout={head_dropout} must be in [0, 1)")
     lm, tok = load_causal_lm(backbone, cache_dir=cache_dir)
     cfg = TransmitterConfig(backbone=backbone, max_len=max_len, max_reply_tokens=max_reply_tokens,
-                            head_dropout=head_dropout, **VARIANTS[variant][1])
+                            head_dropout=head_dropout, **VARIANTS[variant])
     return Transmitter.from_backbone(lm, tok, cfg, seed=seed)
 
 
-def train_variant(params: dict, train_episodes: Sequence, variant: str, run_root, log_dir, *,
-                  stop_after_steps: int | None = None, show_progress: bool = True):
-    """Build, train (``training.train`` with the ``transmitter_*`` parameters; a variant's step budget is
-    ``transmitter_<variant>_max_steps``) and save one variant to ``run_root/<name>``. Returns (model, result)."""
-    from p2bot_utils.training import TrainConfig, train
+@dataclass
+class TransmitterTrainConfig:
+    """One Transmitter training run (Eq. 1 + NUP) besides the loop's ``TrainConfig``: the profile's
+    ``transmitter_*`` keys that shape the model, its examples and its loss. ``variant_max_steps`` holds the
+    step budgets of the ablations (``transmitter_<variant>_max_steps``; missing = the loop's ``max_steps``)."""
 
-    name = VARIANTS[variant][0]
-    model = build_transmitter(params["transmitter_backbone"], variant, params["transmitter_max_len"],
-                              params["transmitter_max_reply_tokens"], params.get("seed", 0),
-                              head_dropout=params.get("transmitter_head_dropout", 0.1))
-    steps = params.get(f"transmitter_{variant}_max_steps", params.get("transmitter_max_steps", -1))
-    cfg = TrainConfig.from_params(params, "transmitter_", out_dir=str(Path(run_root) / f"{name}.train"),
-                                  max_steps=steps, log_csv=str(Path(log_dir) / f"{name.replace('-', '_')}_log.csv"))
-    k = params["transmitter_nup_distractors"] if model.config.use_nup_head else 0
-    examples = make_examples(model.tokenizer, train_episodes, seed=params.get("seed", 0), n_distractors=k,
+    backbone: str
+    loop: TrainConfig
+    mode: str = "revised"
+    max_len: int = 256
+    max_reply_tokens: int = 32
+    head_dropout: float = 0.1
+    nup_distractors: int = 1
+    nup_loss: str = "binary"
+    lm_coef: float = 0.6
+    nup_coef: float = 0.4
+    seed: int = 0
+    variant_max_steps: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.nup_loss not in NUP_LOSSES:
+            raise ValueError(f"transmitter_nup_loss={self.nup_loss!r}: expected one of {NUP_LOSSES}")
+        if not isinstance(self.nup_distractors, int) or self.nup_distractors < 1:
+            raise ValueError(f"transmitter_nup_distractors={self.nup_distractors!r}: expected an int >= 1")
+
+    @classmethod
+    def from_params(cls, params: dict) -> "TransmitterTrainConfig":
+        """From a flat profile: ``transmitter_<field>`` keys and ``seed``; the loop from ``TrainConfig``."""
+        own = {f.name for f in fields(cls)} - {"loop", "variant_max_steps", "seed"}
+        kw = {n: params[f"transmitter_{n}"] for n in own if f"transmitter_{n}" in params}
+        steps = {v: params[f"transmitter_{v}_max_steps"] for v in VARIANTS if f"transmitter_{v}_max_steps" in params}
+        loop = TrainConfig.from_params(params, "transmitter_", out_dir=".")  # out_dir: per variant, see loop_for
+        return cls(loop=loop, seed=params.get("seed", 0), variant_max_steps=steps, **kw)
+
+    def loop_for(self, variant: str, paths: RunPaths, log_dir) -> TrainConfig:
+        """The loop of one variant: its step budget, its training folder and its CSV log."""
+        name = model_folder("transmitter", variant)
+        return replace(self.loop, out_dir=str(paths.training(variant)),
+                       max_steps=self.variant_max_steps.get(variant, self.loop.max_steps),
+                       log_csv=str(Path(log_dir) / f"{name.replace('-', '_')}_log.csv"))
+
+    def settings(self) -> dict:
+        """What must match for a checkpoint to resume, besides the loop's fields (``variant_settings.json``)."""
+        return {f"transmitter_{k}": getattr(self, k) for k in _VARIANT_KEYS}
+
+
+def train_variant(config: TransmitterTrainConfig, train_episodes: Sequence, variant: str, paths: RunPaths, log_dir,
+                  *, stop_after_steps: int | None = None, show_progress: bool = True):
+    """Build, train (``training.train``) and save one Table 3 variant to ``paths.transmitter(variant)``.
+    Returns (model, result)."""
+    model = build_transmitter(config.backbone, variant, config.max_len, config.max_reply_tokens, config.seed,
+                              head_dropout=config.head_dropout)
+    loop = config.loop_for(variant, paths, log_dir)
+    k = config.nup_distractors if model.config.use_nup_head else 0
+    examples = make_examples(model.tokenizer, train_episodes, seed=config.seed, n_distractors=k,
                              show_progress=show_progress)
-    loss = TransmitterLoss(params["transmitter_lm_coef"], params["transmitter_nup_coef"],
-                           params["transmitter_nup_loss"])
-    _check_variant_settings(Path(cfg.out_dir), {k: params.get(k) for k in _VARIANT_KEYS})
-    result = train(model, examples, TransmitterCollator.for_model(model), loss, cfg,
+    loss = TransmitterLoss(config.lm_coef, config.nup_coef, config.nup_loss)
+    _check_variant_settings(Path(loop.out_dir), config.settings())
+    result = train(model, examples, TransmitterCollator.for_model(model), loss, loop,
                    stop_after_steps=stop_after_steps)
     model.eval()
     if not result.stopped and _is_main_process():
-        model.save_pretrained(Path(run_root) / name)
+        model.save_pretrained(paths.transmitter(variant))
     return model, result
 
 
-_VARIANT_KEYS = ("transmitter_backbone", "transmitter_mode", "transmitter_max_len", "transmitter_max_reply_tokens",
-                 "transmitter_head_dropout", "transmitter_nup_distractors", "transmitter_nup_loss",
-                 "transmitter_lm_coef", "transmitter_nup_coef")  # what shapes a run besides its TrainConfig
+_VARIANT_KEYS = ("backbone", "mode", "max_len", "max_reply_tokens", "head_dropout", "nup_distractors", "nup_loss",
+                 "lm_coef", "nup_coef")  # what shapes a run besides its TrainConfig
 SETTINGS_FILE = "variant_settings.json"
 
 
@@ -223,11 +252,6 @@ def _check_variant_settings(out_dir: Path, settings: dict) -> None:
     """A checkpoint under ``out_dir`` resumes only a run with the same ``_VARIANT_KEYS`` (``training.train``
     checks the TrainConfig fields only: a changed loss or distractor count would otherwise 'resume' a finished
     run of the old settings and silently return its model). Records the settings for the next call."""
-    import json
-
-    from p2bot_utils.profile import atomic_write_json
-    from p2bot_utils.training import find_checkpoint
-
     f = out_dir / SETTINGS_FILE
     if find_checkpoint(out_dir / "checkpoint"):
         saved = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
@@ -243,29 +267,4 @@ def _check_variant_settings(out_dir: Path, settings: dict) -> None:
 
 
 def _is_main_process() -> bool:
-    from accelerate import PartialState
-
     return PartialState().is_main_process
-
-
-def train_main(argv: Sequence[str]) -> int:
-    """``python -m p2bot_utils train-transmitter --config configs/paper.yaml [--variant full|no_next|...]``."""
-    from p2bot_utils import profile
-    from p2bot_utils.data import load_split_data
-
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils train-transmitter")
-    ap.add_argument("--config", required=True, help="profile name or YAML file (configs/<profile>.yaml)")
-    ap.add_argument("--variant", default="full", choices=list(VARIANTS))
-    ap.add_argument("--data-dir", default=None, help="overrides the profile's data_dir")
-    args = ap.parse_args(list(argv))
-    params = profile.load_params(args.config)
-    profile.set_seed(params.get("seed", 0))
-    data = load_split_data(args.data_dir or params.get("data_dir") or None, mode=params["transmitter_mode"],
-                           seed=params.get("seed", 0), fractions=params.get("split_fractions", (0.8, 0.1, 0.1)),
-                           use_sample=params.get("use_sample", False))
-    results_dir, _ = profile.output_dirs(params["profile"], data.source)
-    run_root = profile.runs_dir(params["profile"], data.source)
-    _, result = train_variant(params, data.train, args.variant, run_root, results_dir)
-    print(f"train-transmitter: {args.variant}: {result.steps} steps, final loss {result.final_loss:.4f}, "
-          f"saved to {run_root / VARIANTS[args.variant][0]}")
-    return 0

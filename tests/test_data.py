@@ -19,7 +19,8 @@ import pytest
 from p2bot_utils import data, data_files
 from p2bot_utils.data import (SILENCE, DataFormatError, Episode, PersonaEntry, Turn, dataset_stats,
                               load_split_data, persona_groups, read_episodes, read_hf_json, read_parlai,
-                              sample_candidates, sample_data_dir, split_by_group, stats_main)
+                              sample_candidates, sample_data_dir, split_by_group)
+from p2bot_utils.cli import data_stats as stats_main
 
 FIX = Path(__file__).parent / "fixtures"
 REAL = os.environ.get("P2BOT_DATA_DIR")

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from p2bot_utils import human_eval as he
+from p2bot_utils.cli import human_eval as human_eval_cli
 
 SYSTEMS = ("Alphabot", "Betabot")
 
@@ -137,8 +138,8 @@ def test_export_refuses_same_file_and_empty_samples(tmp_path):
 def test_cli_prints_table2(exported, tmp_path, capsys):
     sheet, key = exported
     filled = fill(sheet, key, tmp_path / "r.csv", rule)
-    assert he.main([str(filled), "--key", str(key)]) == 0
+    assert human_eval_cli([str(filled), "--key", str(key)]) == 0
     out = capsys.readouterr().out
     assert "Alphabot" in out and "p_value" in out
-    assert he.main([str(sheet), "--key", str(key)]) == 2  # the unfilled sheet: a one-line error
+    assert human_eval_cli([str(sheet), "--key", str(key)]) == 2  # the unfilled sheet: a one-line error
     assert "rating empty" in capsys.readouterr().err

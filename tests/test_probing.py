@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from p2bot_utils import probing as pb
+from p2bot_utils import sides as sd
 from p2bot_utils import receiver as rc
 
 
@@ -33,7 +34,7 @@ def _pool():
 
 
 def test_persona_distractors_never_share_a_group_or_a_sentence_with_the_true_persona():
-    sampler = pb.DistractorSampler(_pool(), seed=3)
+    sampler = sd.DistractorSampler(_pool(), seed=3)
     truth = ("i like cats", "i am tall")
     for _ in range(50):
         (z,) = sampler.personas(truth, "g1", k=1)
@@ -46,12 +47,12 @@ def test_persona_distractors_never_share_a_group_or_a_sentence_with_the_true_per
 
 
 def test_group_exclusion_works_without_group_ids_through_shared_sentences():
-    sampler = pb.DistractorSampler(_pool(), seed=0)
+    sampler = sd.DistractorSampler(_pool(), seed=0)
     assert sampler.excluded_groups(("i swim", "something new")) == {"g1"}
 
 
 def test_combination_distractor_replaces_every_sentence_without_overlap():
-    sampler = pb.DistractorSampler(_pool(), seed=1)
+    sampler = sd.DistractorSampler(_pool(), seed=1)
     truth = ("i like cats", "i am tall")
     g1_g2 = {"i like cats", "i am tall", "i swim", "i am a chef"}
     for _ in range(50):
@@ -64,21 +65,21 @@ def test_dialogue_sides_take_both_speakers_and_skip_silence():
 
     ep = Episode("f:0", ("i like cats",), ("i am a chef",),
                  (Turn("__SILENCE__", "hi"), Turn("hello , i cook", "cool , cats ?")), meta={})
-    own, partner = pb.dialogue_sides([ep], {("i like cats",): "gA"})
+    own, partner = sd.dialogue_sides([ep], {("i like cats",): "gA"})
     assert (own.side, own.utterances, own.persona, own.group) == ("own", ("hi", "cool , cats ?"), ("i like cats",), "gA")
     assert (partner.side, partner.utterances, partner.persona) == ("partner", ("hello , i cook",), ("i am a chef",))
 
 
 def test_build_examples_is_seeded_and_collates_into_a_forward_batch(tokenizer):
-    sides = [pb.DialogueSide("e0", "own", ("i love my cat",), ("i like cats", "i am tall"), "g1"),
-             pb.DialogueSide("e1", "own", ("trucks rule", "hi"), ("i drive a truck", "i have two sons"), "g3")]
-    a = pb.build_examples(sides, _pool(), "persona", seed=7)
-    assert a == pb.build_examples(sides, _pool(), "persona", seed=7)
+    sides = [sd.DialogueSide("e0", "own", ("i love my cat",), ("i like cats", "i am tall"), "g1"),
+             sd.DialogueSide("e1", "own", ("trucks rule", "hi"), ("i drive a truck", "i have two sons"), "g3")]
+    a = sd.build_examples(sides, _pool(), "persona", seed=7)
+    assert a == sd.build_examples(sides, _pool(), "persona", seed=7)
     batch = rc.collate_examples(a, tokenizer, max_length=8)
     assert batch["utterances"]["index"].tolist() == [[0, -1], [1, 2]]
     assert batch["utterances"]["ids"].shape[1] <= 8
     with pytest.raises(ValueError, match="kind='random'"):
-        pb.build_examples(sides, _pool(), "random")
+        sd.build_examples(sides, _pool(), "random")
 
 
 # --- tie-aware metrics on hand-made rankings --------------------------------------------------------------
@@ -115,8 +116,8 @@ def test_own_sentences_mrr_needs_an_own_sentence():
 
 # --- probe items and scorers ----------------------------------------------------------------------------
 def _probe_sides():
-    return [pb.DialogueSide("e0", "own", ("cats , i like them a lot",), ("i like cats", "i am tall"), "g1"),
-            pb.DialogueSide("e3", "own", ("i drive my truck all day",), ("i drive a truck", "i have two sons"), "g3")]
+    return [sd.DialogueSide("e0", "own", ("cats , i like them a lot",), ("i like cats", "i am tall"), "g1"),
+            sd.DialogueSide("e3", "own", ("i drive my truck all day",), ("i drive a truck", "i have two sons"), "g3")]
 
 
 def test_probe_items_hold_the_true_persona_and_distinct_other_groups():
@@ -154,7 +155,7 @@ def test_real_sides_are_split_by_persona_group_in_both_modes():
     d = os.environ.get("P2BOT_DATA_DIR")
     if not d:
         pytest.skip("P2BOT_DATA_DIR not set")
-    orig, rev = pb.load_sides(d, "original"), pb.load_sides(d, "revised")
+    orig, rev = sd.load_sides(d, "original"), sd.load_sides(d, "revised")
     for split in (orig, rev):
         train_groups = {s.group for s in split.train}
         assert train_groups.isdisjoint({s.group for s in split.test})
@@ -164,21 +165,21 @@ def test_real_sides_are_split_by_persona_group_in_both_modes():
 
 
 def test_hard_distractors_pick_the_candidate_sharing_most_words_with_the_side():
-    side = pb.DialogueSide("e9", "own", ("i play piano and my hair is red",), ("i like cats", "i am tall"), "g1")
-    easy = {pb.build_examples([side], _pool(), seed=s)[0].distractor for s in range(20)}
-    hard = {pb.build_examples([side], _pool(), seed=s, hard_k=3)[0].distractor for s in range(20)}
+    side = sd.DialogueSide("e9", "own", ("i play piano and my hair is red",), ("i like cats", "i am tall"), "g1")
+    easy = {sd.build_examples([side], _pool(), seed=s)[0].distractor for s in range(20)}
+    hard = {sd.build_examples([side], _pool(), seed=s, hard_k=3)[0].distractor for s in range(20)}
     assert len(easy) > 1  # uniform draws vary
     assert hard == {("i play piano", "my hair is red")}  # 3 of 3 other groups drawn: the overlapping one wins
     with pytest.raises(ValueError, match="hard_k=2"):
-        pb.build_examples([side], _pool(), kind="combination", hard_k=2)
+        sd.build_examples([side], _pool(), kind="combination", hard_k=2)
     # more draws wanted than other groups exist (the shipped sample has 8 groups): all of them are drawn
-    assert {pb.build_examples([side], _pool(), seed=s, hard_k=8)[0].distractor for s in range(5)} == hard
+    assert {sd.build_examples([side], _pool(), seed=s, hard_k=8)[0].distractor for s in range(5)} == hard
     with pytest.raises(ValueError, match="8 distractors wanted but only 3 other persona groups"):
-        pb.DistractorSampler(_pool(), seed=0).personas(side.persona, side.group, 8)  # probe items stay strict
+        sd.DistractorSampler(_pool(), seed=0).personas(side.persona, side.group, 8)  # probe items stay strict
 
 
 def test_sample_sides_are_group_disjoint_and_identical_across_modes_but_for_personas():
-    orig, rev = pb.load_sides(None, "original", use_sample=True), pb.load_sides(None, "revised", use_sample=True)
+    orig, rev = sd.load_sides(None, "original", use_sample=True), sd.load_sides(None, "revised", use_sample=True)
     assert orig.source == "sample" and orig.test and orig.train
     assert {s.group for s in orig.train}.isdisjoint({s.group for s in orig.test} | {s.group for s in orig.dev})
     assert [(s.episode_id.split(":")[1], s.side, s.utterances, s.group) for s in orig.test] == \
@@ -203,10 +204,10 @@ def test_select_score_tau_picks_the_grid_value_with_the_best_dev_hits(tokenizer)
 
 
 def test_probe_setup_on_a_pool_with_too_few_groups_fails_or_uses_one_smaller_count_for_every_side():
-    sides = [pb.DialogueSide(f"e{i}", "own", (f"utterance {i}",), tuple(e.sentences), e.group)
+    sides = [sd.DialogueSide(f"e{i}", "own", (f"utterance {i}",), tuple(e.sentences), e.group)
              for i, e in enumerate(_pool())]  # groups g1 g1 g2 g3 g4 g5
-    split = pb.SideSplit(sides[:1], [], sides[1:], "sample", {})
-    sampler = pb.DistractorSampler(pb.pool_from_sides(sides), seed=0)
+    split = sd.SideSplit(sides[:1], [], sides[1:], "sample", {})
+    sampler = sd.DistractorSampler(sd.pool_from_sides(sides), seed=0)
     # g1's variants and g2 (shares "i am tall") are excluded for the first g1 side: g3, g4, g5 remain
     assert sampler.n_other_groups(sides[0].persona, "g1") == 3
     with pytest.raises(ValueError, match="31 distractors wanted"):

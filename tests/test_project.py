@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from p2bot_utils import profile
+from p2bot_utils import cli, profile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -98,10 +98,10 @@ def test_notebook_params_command_keeps_the_notebooks_keys_and_refuses_unknown_on
     _notebook(nbs / "01_b.ipynb", "steps = 3\n")
     prof = tmp_path / "p.yaml"
     prof.write_text("seed: 7\nlr: 0.5\nsteps: 9\n")
-    assert profile.notebook_params_main([str(prof), str(a), str(tmp_path / "out.yaml")]) == 0
+    assert cli.notebook_params([str(prof), str(a), str(tmp_path / "out.yaml")]) == 0
     assert yaml.safe_load((tmp_path / "out.yaml").read_text()) == {"seed": 7, "lr": 0.5}
     prof.write_text("seed: 7\nlr: 0.5\nsteps: 9\nstpes: 1\n")
-    assert profile.notebook_params_main([str(prof), str(a), str(tmp_path / "out2.yaml")]) == 2
+    assert cli.notebook_params([str(prof), str(a), str(tmp_path / "out2.yaml")]) == 2
     assert "stpes set by the profile but declared by no notebook" in capsys.readouterr().err
     assert not (tmp_path / "out2.yaml").exists()
 
@@ -148,3 +148,20 @@ def test_write_table_writes_csv_and_markdown(tmp_path):
     csv, md = profile.write_table(pd.DataFrame({"system": ["a"], "hits@1": [12.345]}), tmp_path / "t")
     assert csv.read_text().splitlines() == ["system,hits@1", "a,12.345"]
     assert "12.35" in md.read_text()
+
+
+def test_every_notebook_names_its_outputs_as_parameters_and_reads_no_other_manifest():
+    """Every path a notebook reads or writes is one of its parameters (results_dir / figures_dir default to
+    results/<profile>/ ...), and no notebook learns a setting from another notebook's manifest."""
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        assert {"results_dir", "figures_dir"} <= set(profile.notebook_parameters(nb)), nb.name
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        assert not re.search(r"manifest[^\n]*(read_text|\.open\(|json\.load)|json\.loads?\([^\n]*manifest", code), nb.name
+
+
+def test_notebook_cells_have_stable_unique_ids_and_no_generator_scripts_remain():
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        ids = [c.get("id") for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]]
+        assert all(ids) and len(set(ids)) == len(ids), f"{nb.name}: missing or repeated cell ids"
+    assert not list((ROOT / "scripts").glob("make_*notebook*.py")), "notebooks are their own source: edit them"

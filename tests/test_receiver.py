@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from p2bot_utils import receiver as rc
+from p2bot_utils.receiver_train import train_receiver
+from p2bot_utils.sides import ReceiverExample
 
 
 @pytest.fixture(scope="module")
@@ -166,10 +168,10 @@ def test_two_training_steps_log_margin_accuracy_and_tau_and_move_every_parameter
 
     r = tiny_receiver(tokenizer)
     before = {k: v.detach().clone() for k, v in r.named_parameters()}
-    examples = [rc.ReceiverExample(("i love my cat",), ("i like cats", "i am tall"), ("i drive a truck",)),
-                rc.ReceiverExample(("trucks !", "hi"), ("i drive a truck",), ("i play piano", "i swim"))]
+    examples = [ReceiverExample(("i love my cat",), ("i like cats", "i am tall"), ("i drive a truck",)),
+                ReceiverExample(("trucks !", "hi"), ("i drive a truck",), ("i play piano", "i swim"))]
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), lr=1e-2, max_steps=2, batch_size=2, log_every=1, save_every=0)
-    result = rc.train_receiver(r, examples, cfg)
+    result = train_receiver(r, examples, cfg)
     assert result.steps == 2 and [row["tau"] for row in result.log] == pytest.approx([10.0, 5.25])
     assert all(0.0 <= row["margin_acc"] <= 1.0 for row in result.log)
     unchanged = [k for k, v in r.named_parameters() if torch.equal(v, before[k])]

@@ -10,6 +10,8 @@ import torch
 
 from p2bot_utils import rewards as rw
 from p2bot_utils import selfplay as sp
+from p2bot_utils import selfplay_eval as spe
+from p2bot_utils import selfplay_train as spt
 from p2bot_utils.data import Episode, PersonaEntry, Turn
 
 POOL = [PersonaEntry("g0", ("i like dogs .", "i am a nurse .")),
@@ -222,7 +224,7 @@ def test_training_logs_every_step_and_a_resumed_run_ends_where_an_uninterrupted_
         learner, user, judges = _players(models, cfg)
         for stop in stops:  # each call is a fresh process picking up the checkpoint
             learner, user, judges = _players(models, cfg)
-            res = sp.train_selfplay(learner, user, judges, POOL, OPENINGS, cfg, stop_after_steps=stop)
+            res = spt.train_selfplay(learner, user, judges, POOL, OPENINGS, cfg, stop_after_steps=stop)
         return learner, res
 
     whole, res_whole = run(tmp_path / "a", [None])
@@ -236,10 +238,10 @@ def test_training_logs_every_step_and_a_resumed_run_ends_where_an_uninterrupted_
 
 # --- the fixed, paired evaluation ----------------------------------------------------------------------------
 def test_eval_inputs_are_a_function_of_the_seed_alone():
-    a = sp.eval_inputs(POOL, OPENINGS, 5, seed=3)
-    assert a == sp.eval_inputs(POOL, OPENINGS, 5, seed=3)
+    a = spe.eval_inputs(POOL, OPENINGS, 5, seed=3)
+    assert a == spe.eval_inputs(POOL, OPENINGS, 5, seed=3)
     assert len(a[0]) == len(a[1]) == len(a[2]) == 5
-    assert a != sp.eval_inputs(POOL, OPENINGS, 5, seed=4)
+    assert a != spe.eval_inputs(POOL, OPENINGS, 5, seed=4)
 
 
 def test_paired_change_is_the_mean_dialogue_difference_with_its_standard_error():
@@ -247,23 +249,61 @@ def test_paired_change_is_the_mean_dialogue_difference_with_its_standard_error()
 
     before = pd.DataFrame({"dialogue": [0, 1, 2], "reward": [1.0, 2.0, 3.0]})
     after = pd.DataFrame({"dialogue": [0, 1, 2], "reward": [2.0, 2.5, 5.0]})  # differences 1, 0.5, 2
-    row = sp.paired_change(before, after, terms=["reward"]).iloc[0]
+    row = spe.paired_change(before, after, terms=["reward"]).iloc[0]
     assert row["before"] == pytest.approx(2.0) and row["after"] == pytest.approx(9.5 / 3)
     assert row["change"] == pytest.approx(3.5 / 3)
     sd = ((1 - 3.5 / 3) ** 2 + (0.5 - 3.5 / 3) ** 2 + (2 - 3.5 / 3) ** 2) / 2
     assert row["change_se"] == pytest.approx((sd / 3) ** 0.5)
     assert row["significant"] == bool(3.5 / 3 > 2 * (sd / 3) ** 0.5)
     with pytest.raises(ValueError, match="same dialogues"):
-        sp.paired_change(before, after.iloc[:2], terms=["reward"])
+        spe.paired_change(before, after.iloc[:2], terms=["reward"])
 
 
 def test_evaluating_one_policy_twice_gives_identical_rows_and_all_terms(models):
     cfg = _cfg(rewards=("r1",))  # the evaluation scores every term whatever the variant trains on
     learner, user, judges = _players(models, cfg)
-    a = sp.evaluate_policy(learner, user, judges, POOL, OPENINGS, cfg, n_dialogues=3, seed=7, show_progress=False)
-    b = sp.evaluate_policy(learner, user, judges, POOL, OPENINGS, cfg, n_dialogues=3, seed=7, show_progress=False)
+    a = spe.evaluate_policy(learner, user, judges, POOL, OPENINGS, cfg, n_dialogues=3, seed=7, show_progress=False)
+    b = spe.evaluate_policy(learner, user, judges, POOL, OPENINGS, cfg, n_dialogues=3, seed=7, show_progress=False)
     assert list(a["dialogue"]) == [0, 1, 2]
     assert a.equals(b)
     full = a["r1"] * 0.4 + a["r2"] * 0.1 + a["r3"] * 0.5
     assert a["reward"].to_numpy() == pytest.approx(full.to_numpy(), abs=1e-5)
-    assert (sp.paired_change(a, b)["change"] == 0).all()
+    assert (spe.paired_change(a, b)["change"] == 0).all()
+
+
+# --- the knobs of the method reach the rewards and the loss from a profile ---------------------------------
+def _profile(**changes):
+    from p2bot_utils import profile
+
+    return {**profile.load_params("smoke"), **changes}
+
+
+def test_profile_builds_the_papers_selfplay_config():
+    cfg = sp.SelfPlayConfig.from_params(_profile(), "p2bot")
+    assert cfg.weights == rw.PAPER_WEIGHTS and cfg.gamma == 0.5 and cfg.rewards == ("r1", "r2", "r3")
+    assert (cfg.coherence_mode, cfg.persona_normalisation, cfg.baseline, cfg.log_prob) == \
+        ("log_prob", "none", "batch_mean", "sum") and cfg.repetition_penalty == 0.0
+    assert sp.SelfPlayConfig.from_params(_profile(), "rs1").rewards == ("r1",)
+    with pytest.raises(ValueError, match="selfplay_reward_preset='code'"):
+        sp.SelfPlayConfig.from_params(_profile(selfplay_reward_preset="code"), "p2bot")
+    with pytest.raises(ValueError, match="selfplay_reward_weights"):
+        sp.SelfPlayConfig.from_params(_profile(selfplay_reward_weights=[0.4, 0.6]), "p2bot")
+
+
+def test_lambda_gamma_and_the_reward_preset_from_a_profile_change_the_rewards(models):
+    learner, user, judges = _players(models, _cfg())
+    paper = sp.SelfPlayConfig.from_params(_profile(), "p2bot")
+    ro = _rollout(learner, user, paper)
+    base = rw.compute_rewards(ro, judges, paper)
+    lam = rw.compute_rewards(ro, judges, sp.SelfPlayConfig.from_params(
+        _profile(selfplay_reward_weights=[1.0, 0.0, 2.0]), "p2bot"))  # λ of Eq. 10
+    assert torch.allclose(lam["reward"], base["r1"] + 2.0 * base["r3"])
+    assert not torch.allclose(lam["reward"], base["reward"])
+    flat = rw.compute_rewards(ro, judges, sp.SelfPlayConfig.from_params(_profile(selfplay_gamma=0.0), "p2bot"))
+    r_user, r_agent = rw.receiver_scores(ro, judges.receiver)
+    assert torch.allclose(flat["r3"], r_agent, atol=1e-6)  # γ = 0: no later turn counts (Eq. 8)
+    assert not torch.allclose(flat["r3"], base["r3"])
+    code_cfg = sp.SelfPlayConfig.from_params(_profile(selfplay_reward_preset="released_code"), "p2bot")
+    code = rw.compute_rewards(ro, judges, code_cfg)
+    assert torch.allclose(code["r2"], base["r2"].exp() - 0.5, atol=1e-6)  # R2 = p(y=1) - 0.5
+    assert "penalty" in code and code_cfg.baseline == "turn_mean" and code_cfg.log_prob == "mean"

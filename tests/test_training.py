@@ -8,16 +8,15 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from p2bot_utils.training import (
-    TrainConfig,
+from p2bot_utils.checkpoints import (
     load_checkpoint,
     load_state_dict_safetensors,
     optimizer_state_from_tensors,
     optimizer_state_to_tensors,
     save_checkpoint,
     save_state_dict_safetensors,
-    train,
 )
+from p2bot_utils.training import TrainConfig, train
 
 N_EXAMPLES = 42  # with batch_size 4: 11 micro-batches per epoch, the last one holding 2 examples
 

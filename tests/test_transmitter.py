@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from p2bot_utils.data import Episode, Turn
-from p2bot_utils.transmitter import (SpecialIds, Transmitter, build_inputs, eq3_scores, generate_replies,
-                                     layout_batch, lm_log_likelihood, nup_log_prob, sample_replies,
-                                     sequence_log_probs)
+from p2bot_utils.decoding import generate_replies, sample_replies, sequence_log_probs
+from p2bot_utils.transmitter import (SpecialIds, Transmitter, build_inputs, eq3_scores, layout_batch,
+                                     lm_log_likelihood, nup_log_prob)
 from p2bot_utils.transmitter_eval import evaluate_transmitter, rank_candidates, rank_candidates_per_pair
 from p2bot_utils.transmitter_train import (TransmitterCollator, TransmitterLoss, build_transmitter,
                                            make_examples)
@@ -211,21 +211,25 @@ def test_kill_and_resume_gives_the_same_final_loss(tmp_path):
 
 def test_a_checkpoint_of_other_nup_settings_is_not_resumed(tmp_path):
     from p2bot_utils import profile
-    from p2bot_utils.transmitter_train import SETTINGS_FILE, train_variant
+    from p2bot_utils.transmitter_train import SETTINGS_FILE, TransmitterTrainConfig, train_variant
+
+    def train_variant_(params, *args, **kw):
+        return train_variant(TransmitterTrainConfig.from_params(params), *args, **kw)
 
     eps = [_episode(str(i), [f"persona {i}"], [f"reply {i} {k}" for k in range(3)]) for i in range(5)]
     params = {**profile.load_params("smoke"), "transmitter_max_steps": 2, "transmitter_save_every": 1,
               "transmitter_batch_size": 2, "transmitter_nup_distractors": 2}
-    _, killed = train_variant(params, eps, "full", tmp_path, tmp_path, stop_after_steps=1, show_progress=False)
+    paths = profile.RunPaths(tmp_path)
+    _, killed = train_variant_(params, eps, "full", paths, tmp_path, stop_after_steps=1, show_progress=False)
     assert killed.stopped and (tmp_path / "transmitter.train" / SETTINGS_FILE).is_file()
     with pytest.raises(ValueError, match="transmitter_nup_distractors=2 but this run has 3"):
-        train_variant({**params, "transmitter_nup_distractors": 3}, eps, "full", tmp_path, tmp_path,
+        train_variant_({**params, "transmitter_nup_distractors": 3}, eps, "full", paths, tmp_path,
                       show_progress=False)
-    _, resumed = train_variant(params, eps, "full", tmp_path, tmp_path, show_progress=False)
+    _, resumed = train_variant_(params, eps, "full", paths, tmp_path, show_progress=False)
     assert resumed.resumed_from == 1 and resumed.steps == 2
     (tmp_path / "transmitter.train" / SETTINGS_FILE).unlink()  # a checkpoint from before the settings were kept
     with pytest.raises(ValueError, match="no variant_settings.json"):
-        train_variant(params, eps, "full", tmp_path, tmp_path, show_progress=False)
+        train_variant_(params, eps, "full", paths, tmp_path, show_progress=False)
 
 
 # --- model folder ---------------------------------------------------------------------------------------
@@ -275,8 +279,24 @@ def test_generate_returns_every_beam_and_the_eq3_choice(tiny):
     assert texts == [o["reply"] for o in outs]
 
 
+def test_alpha_from_a_profile_reaches_the_decoder(tiny):
+    """Eq. 3's α is one profile key (transmitter_alpha) for notebooks 01 and 04: 1.0 picks by the LM alone
+    (Eq. 2), 0.0 by the NUP head alone."""
+    from p2bot_utils import profile
+    from p2bot_utils.decoding import decoding_params
+
+    params = profile.load_params("smoke")
+    for alpha, key in ((1.0, "lm_norm"), (0.0, "nup_logp")):
+        kw = decoding_params({**params, "transmitter_alpha": alpha})
+        assert kw == {"alpha": alpha, "num_beams": 2, "max_new_tokens": 8}
+        for o in generate_replies(tiny, PERSONAS, HISTORIES, batch_size=3, return_beams=True, **kw):
+            assert o["chosen"] == int(torch.tensor(o[key]).argmax())
+    with pytest.raises(ValueError, match="transmitter_alpha=1.5"):
+        decoding_params({**params, "transmitter_alpha": 1.5})
+
+
 def test_reply_ngram_bans_on_hand_made_replies():
-    from p2bot_utils.transmitter import reply_ngram_bans
+    from p2bot_utils.decoding import reply_ngram_bans
 
     assert reply_ngram_bans([5, 6, 7, 5], 2) == {6}          # "5 6" seen, the reply ends in 5: 6 would repeat it
     assert reply_ngram_bans([5, 6, 5, 7, 5], 2) == {6, 7}
@@ -286,7 +306,7 @@ def test_reply_ngram_bans_on_hand_made_replies():
 
 
 def test_blocking_ngrams_keeps_every_beam_free_of_repeated_bigrams(tiny):
-    from p2bot_utils.transmitter import beam_candidates
+    from p2bot_utils.decoding import beam_candidates
 
     def repeats(block):
         beams = beam_candidates(tiny, PERSONAS, HISTORIES, num_beams=2, max_new_tokens=12, block_ngram=block)
