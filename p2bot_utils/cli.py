@@ -293,7 +293,7 @@ def chat(argv: Sequence[str]) -> int:
     try:
         talk_cli.run_chat(ap.parse_args(list(argv)), talk_cli.stdin_lines(), lambda t: print(t, flush=True))
     except (OSError, ValueError) as e:
-        return report("chat", e)
+        return _fail("chat", e)
     return 0
 
 
@@ -309,8 +309,9 @@ def watch(argv: Sequence[str]) -> int:
     try:
         talk_cli.run_watch(ap.parse_args(list(argv)), lambda t: print(t, flush=True))
     except (OSError, ValueError) as e:
-        return report("watch", e)
+        return _fail("watch", e)
     return 0
+
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
     "data-stats": (data_stats, "per-file episode / turn / utterance / persona-group counts"),
