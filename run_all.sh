@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job: bootstrap the environment if needed, then run every notebook in numeric order with papermill.
-#   ./run_all.sh [--profile smoke|demo|paper] [--only NN]
+#   ./run_all.sh [--profile smoke|demo|paper|paper-dryrun] [--only NN]
 # Executed copies go to build/notebooks/<profile>/; tables to results/<profile>/, figures to figures/<profile>/.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -8,7 +8,7 @@ PROFILE=demo
 ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
-        --profile) PROFILE="${2:?--profile needs smoke, demo or paper}"; shift 2 ;;
+        --profile) PROFILE="${2:?--profile needs smoke, demo, paper or paper-dryrun}"; shift 2 ;;
         --profile=*) PROFILE="${1#*=}"; shift ;;
         --only) ONLY="${2:?--only needs a notebook number, e.g. 01}"; shift 2 ;;
         --only=*) ONLY="${1#*=}"; shift ;;
@@ -17,7 +17,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 PARAMS="configs/$PROFILE.yaml"
-[ -f "$PARAMS" ] || { echo "run_all.sh: no profile '$PROFILE' ($PARAMS missing; profiles: smoke, demo, paper)" >&2; exit 2; }
+# paper-dryrun: the paper's architectures (openai-gpt, bert-base-uncased) with RANDOM weights, no hub (paper_backbones)
+if [ "$PROFILE" = paper-dryrun ]; then export P2BOT_BACKBONE_WEIGHTS=random; fi
+[ -f "$PARAMS" ] || { echo "run_all.sh: no profile '$PROFILE' ($PARAMS missing; profiles: smoke, demo, paper, paper-dryrun)" >&2; exit 2; }
 
 source scripts/bootstrap.sh
 

@@ -78,7 +78,7 @@ def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
     sec = _timed(step, steps)
     model.eval()
     tokens = int(batch["attention_mask"].sum())
-    return {"train_tokens_per_s": tokens / sec, "train_model_flops_per_s": transmitter_train_flops(model, batch) / sec,
+    return {"train_tokens_per_s": tokens / sec, "train_examples_per_s": batch_size / sec, "train_model_flops_per_s": transmitter_train_flops(model, batch) / sec,
             "train_sequences": int(batch["input_ids"].shape[0]), "train_seq_len": int(batch["input_ids"].shape[1])}
 
 

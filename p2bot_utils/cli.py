@@ -113,7 +113,8 @@ def evaluate_transmitter(argv: Sequence[str]) -> int:
     ap.add_argument("--model", required=True, help="a saved Transmitter folder (Transmitter.save_pretrained)")
     ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT / ConvAI2 folder; none = the shipped sample")
     ap.add_argument("--mode", default="original", choices=["original", "revised"])
-    ap.add_argument("--split", default="dev", choices=["dev", "test"])
+    ap.add_argument("--split", default="dev", choices=["dev", "test", "all"], help="all: every episode of the "
+                    "validation file, no split (the whole folder when it holds only validation files)")
     ap.add_argument("--max-turns", type=int, default=None, help="seeded subsample of turns")
     ap.add_argument("--gen-turns", type=int, default=None, help="generate replies on the first N of them")
     ap.add_argument("--alpha", type=float, default=0.1, help="Eq. 3 mixing weight (1 = Eq. 2)")
@@ -126,7 +127,8 @@ def evaluate_transmitter(argv: Sequence[str]) -> int:
         ap.error(f"--model {args.model}: no such folder")
     data = load_split_data(args.data_dir, mode=args.mode, seed=args.seed, use_sample=args.data_dir is None)
     model = Transmitter.from_pretrained(args.model)
-    res = evaluate(model, getattr(data, args.split), args.max_turns, args.seed, generate=not args.no_generate,
+    from p2bot_utils.data_split import select_part  # lazy: see the module docstring
+    res = evaluate(model, select_part(data, args.split), args.max_turns, args.seed, generate=not args.no_generate,
                    gen_turns=args.gen_turns, alpha=args.alpha, jsonl_path=args.jsonl)
     res.update({"data_source": data.source, "split": args.split, "mode": args.mode,
                 "split_method": data.info.get("split_method")})
@@ -186,7 +188,8 @@ def probe(argv: Sequence[str]) -> int:
     ap.add_argument("--data-dir", default="", help="ParlAI files folder ('' = P2BOT_DATA_DIR / ./data)")
     ap.add_argument("--use-sample", action="store_true", help="the shipped synthetic sample")
     ap.add_argument("--mode", choices=("original", "revised"), default="original")
-    ap.add_argument("--split", choices=("train", "dev", "test"), default="test")
+    ap.add_argument("--split", choices=("train", "dev", "test", "all"), default="test",
+                    help="all: every dialogue side of the validation file, no split")
     ap.add_argument("--n-candidates", type=int, default=32)
     ap.add_argument("--mrr-pool", choices=("candidates", "all"), default="candidates")
     ap.add_argument("--seed", type=int, default=0)

@@ -166,6 +166,19 @@ def assign_parts(train, valid, orig, fractions, seed, official_test) -> tuple[di
     return parts, {"method": "persona-group", "description": how}
 
 
+def select_part(split, part: str) -> list:
+    """One part of a split (``SplitData`` or ``sides.SideSplit``): ``train`` / ``dev`` / ``test``, or ``all``, every
+    item of the validation file with no split: train + dev + test when the folder holds only validation files
+    (the whole folder), dev + test, the official validation file, when it also holds a training file. The
+    paper's Table 1 is "evaluated on the dev set", the whole ConvAI2 validation file: ``eval_split: all``."""
+    if part != "all":
+        if part not in PARTS:
+            raise ValueError(f"select_part: part must be one of {(*PARTS, 'all')}, got {part!r}")
+        return getattr(split, part)
+    names = ("dev", "test") if split.info.get("split_method") == "official" else PARTS
+    return [item for name in names for item in getattr(split, name)]
+
+
 def with_candidates(parts: dict[str, list[Episode]], n: int, seed: int) -> dict[str, list[Episode]]:
     """Official candidates where the file has them, else sampled within the part (``sample_candidates``)."""
     out = {}

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from p2bot_utils.data_split import select_part
 from p2bot_utils.ir import PERSONA_TFIDF, TfidfRanker
 from p2bot_utils.metrics import mean_and_stderr
 from p2bot_utils.receiver import Receiver, ReceiverConfig, cumulative_score, relevance
@@ -218,7 +219,7 @@ def probe_setup(split: SideSplit, part: str = "test", n_candidates: int = 32, se
     which has 10 persona groups): every item gets ``min(n_candidates, 1 + the fewest other groups any side
     can draw from)`` candidates, the same number for all; otherwise too small a pool is an error."""
     pool = pool_from_sides([*split.train, *split.dev, *split.test])
-    sides = getattr(split, part)
+    sides = select_part(split, part)  # "all": every side of the validation file
     if allow_fewer and sides:
         sampler = DistractorSampler(pool, seed)
         n_candidates = min(n_candidates, 1 + min(sampler.n_other_groups(s.persona, s.group) for s in sides))

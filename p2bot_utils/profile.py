@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-PROFILES = ("smoke", "demo", "paper")
+PROFILES = ("smoke", "demo", "paper", "paper-dryrun")
 
 
 def repo_root() -> Path:
@@ -43,6 +43,9 @@ def load_params(profile_or_path: str | os.PathLike) -> dict[str, Any]:
     params = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     if not isinstance(params, dict):
         raise ValueError(f"{p}: a profile must be a mapping of parameter names to values")
+    if "extends" in params:  # a profile built on another (paper-dryrun extends paper): its keys, then these
+        base = str(params.pop("extends"))
+        params = {**load_params(base if Path(base).suffix else p.parent / f"{base}.yaml"), **params}
     return params
 
 

@@ -267,4 +267,9 @@ def _check_variant_settings(out_dir: Path, settings: dict) -> None:
 
 
 def _is_main_process() -> bool:
-    return PartialState().is_main_process
+    """Rank 0 of a launch (or the only process). The first ``PartialState`` fixes accelerate's process group for
+    good: made here, before ``training.train``'s ``Accelerator``, it must honour ``ACCELERATE_USE_CPU`` as the
+    Accelerator would, or every CPU process of ``accelerate launch`` believes it is alone."""
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU")).is_main_process
