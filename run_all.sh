@@ -37,8 +37,10 @@ for nb in "${notebooks[@]}"; do
     # only the parameters this notebook declares (no "unknown parameter" noise; a misspelt key stops the run)
     python -m p2bot_utils notebook-params "$PARAMS" "$nb" "$OUTDIR/${name%.ipynb}.params.yaml"
     if ! papermill "$nb" "$OUTDIR/$name" -f "$OUTDIR/${name%.ipynb}.params.yaml" --cwd notebooks --log-output --no-progress-bar -k python3; then
+        rc=0
+        python -m p2bot_utils notebook-error "$OUTDIR/$name" || rc=$?   # the error in one line; 2 = yours to fix
         echo "run_all.sh: FAILED in $nb (profile $PROFILE); the executed copy with the error is $OUTDIR/$name" >&2
-        exit 1
+        exit $(( rc == 2 ? 2 : 1 ))
     fi
     echo "=== $name done in $((SECONDS - start)) s ==="
     ran=$((ran + 1))

@@ -37,6 +37,7 @@ import torch
 from p2bot_utils import paper_backbones
 from p2bot_utils.backbone_cache import CACHE_MARKER, build_atomically as _build_atomically  # noqa: F401 (tests)
 from p2bot_utils.backbone_cache import cache_valid as _cache_valid, resolve_cache_dir
+from p2bot_utils.errors import UserError
 
 CAUSAL_NAMES = ("tiny-gpt2", "smollm2-135m")
 ENCODER_NAMES = ("tiny-bert", "minilm-l6")
@@ -48,7 +49,7 @@ TINY_BERT = dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=2, int
                  max_position_embeddings=512)
 
 
-class BackboneUnavailable(RuntimeError):
+class BackboneUnavailable(UserError, RuntimeError):
     """A backbone cannot be loaded here (e.g. a hub id while offline); the message names the alternative."""
 
 

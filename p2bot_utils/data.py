@@ -7,6 +7,8 @@ files) and ``data_split`` (persona groups, the split, sampled candidates).
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -53,11 +55,12 @@ def _verdict(path: Path) -> str:
 
 # --- ParlAI text format ---------------------------------------------------------------------------------
 def _text_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 file without line ends; a non-UTF-8 byte is a ``DataFormatError`` at its line."""
+    """Lines of a UTF-8 file (a leading BOM dropped) without line ends; a non-UTF-8 byte is a ``DataFormatError``
+    at its line."""
     lines = []
     for lineno, raw in enumerate(path.read_bytes().split(b"\n"), 1):
         try:
-            lines.append(raw.decode("utf-8").rstrip("\r"))
+            lines.append(raw.decode("utf-8-sig" if lineno == 1 else "utf-8").rstrip("\r"))  # a BOM is fine
         except UnicodeDecodeError as e:
             raise DataFormatError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
     return lines
@@ -126,6 +129,8 @@ def read_parlai(path: str | Path) -> list[Episode]:
             cur[3].append((lineno, _parse_turn(where, text)))
     if cur is not None:
         episodes.append(_make_episode(path, len(episodes), *cur))
+    if not episodes:
+        raise DataFormatError(f"{path}:1: no episode in the file (empty?)")
     return episodes
 
 
@@ -166,12 +171,35 @@ def read_hf_json(path: str | Path) -> list[Episode]:
         raise DataFormatError(f"{path}:{e.lineno}: invalid JSON: {e.msg}")
     if not isinstance(obj, dict) or not all(isinstance(v, list) for v in obj.values()):
         raise DataFormatError(f"{path}:1: expected an object {{\"train\": [...], \"valid\": [...]}}")
-    return [_hf_episode(path, split, i, d) for split, dialogs in obj.items() for i, d in enumerate(dialogs)]
+    episodes = [_hf_episode(path, split, i, d) for split, dialogs in obj.items() for i, d in enumerate(dialogs)]
+    if not episodes:
+        raise DataFormatError(f"{path}:1: no dialog in the file")
+    return episodes
 
 
-def read_episodes(path: str | Path) -> list[Episode]:
-    """Dispatch on the file type: ``.json`` = Hugging Face, anything else = ParlAI text."""
-    return read_hf_json(path) if Path(path).suffix == ".json" else read_parlai(path)
+def read_episodes(path: str | Path, allow_duplicates: bool = False) -> list[Episode]:
+    """Dispatch on the file type: ``.json`` = Hugging Face, anything else = ParlAI text. An episode that
+    appears twice (same personas and turns) is a ``DataFormatError``; ``allow_duplicates`` keeps them all
+    with a warning that counts them."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such data file")
+    episodes = read_hf_json(path) if Path(path).suffix == ".json" else read_parlai(path)
+    seen: dict[tuple, Episode] = {}
+    dups = []
+    for e in episodes:
+        key = (e.own_persona, e.partner_persona, e.meta.get("split"), tuple((t.partner, t.reply) for t in e.turns))
+        if key in seen:
+            dups.append((seen[key], e))
+        seen.setdefault(key, e)
+    if dups:
+        first, again = dups[0]
+        where = f"lines {first.meta.get('line')} and {again.meta.get('line')}" if "line" in first.meta else \
+            f"{first.episode_id} and {again.episode_id}"
+        msg = f"{path}: {len(dups)} of {len(episodes)} episodes appear more than once (e.g. {where})"
+        if not allow_duplicates:
+            raise DataFormatError(f"{msg}; remove the repeats (or allow_duplicates=True to keep them)")
+        warnings.warn(msg + "; kept (allow_duplicates)")
+    return episodes
 
 
 # --- persona pool ----------------------------------------------------------------------------------------
@@ -243,7 +271,8 @@ def _pick_file(d: Path, split: str, mode: str) -> Path | None:
     return next((d / n for n in [*names, f"personachat_self_{mode}.json"] if (d / n).is_file()), None)
 
 
-def _read_files(d: Path, mode: str) -> tuple[list[Episode] | None, list[Episode], list[Episode], list[Path]]:
+def _read_files(d: Path, mode: str, allow_duplicates: bool = False
+                ) -> tuple[list[Episode] | None, list[Episode], list[Episode], list[Path]]:
     """(official train or None, valid episodes of ``mode``, valid episodes with original personas, files).
     A Hugging Face JSON file holds both splits; each file is parsed once."""
     valid_f, orig_f = _pick_file(d, "valid", mode), _pick_file(d, "valid", "original")
@@ -254,7 +283,7 @@ def _read_files(d: Path, mode: str) -> tuple[list[Episode] | None, list[Episode]
 
     def split_of(path: Path, split: str) -> list[Episode]:
         if path not in cache:
-            cache[path] = read_episodes(path)
+            cache[path] = read_episodes(path, allow_duplicates)
         eps = cache[path]
         return [e for e in eps if e.meta.get("split") == split] if path.suffix == ".json" else eps
 
@@ -269,11 +298,14 @@ def _read_files(d: Path, mode: str) -> tuple[list[Episode] | None, list[Episode]
 
 
 def _resolve_dir(data_dir, use_sample: bool, download: bool) -> tuple[Path, str]:
-    if use_sample:
+    """An explicit ``data_dir`` wins, then ``use_sample``, then ``locate_data_dir`` (P2BOT_DATA_DIR, ./data,
+    download), then the sample (said loudly)."""
+    if use_sample and not data_dir:
         return sample_data_dir(), "sample"
     d, found = locate_data_dir(data_dir or None, download=download)
     if d is None:
-        print(f"!!! using the SHIPPED SYNTHETIC SAMPLE ({sample_data_dir()}), not PERSONA-CHAT: set {ENV_VAR}")
+        print(f"!!! using the SHIPPED SYNTHETIC SAMPLE ({sample_data_dir()}), not PERSONA-CHAT: set {ENV_VAR}",
+              file=sys.stderr)
         return sample_data_dir(), "sample"
     return d, "sample" if d.resolve() == sample_data_dir().resolve() else found
 
@@ -281,7 +313,7 @@ def _resolve_dir(data_dir, use_sample: bool, download: bool) -> tuple[Path, str]
 def load_split_data(data_dir: str | Path | None = None, mode: str = "original", seed: int = 0,
                     fractions: Sequence[float] = (0.8, 0.1, 0.1), use_sample: bool = False, n_candidates: int = 20,
                     *, persona_clusters: str | Path | None = None, download: bool = True,
-                    official_test: str = "half") -> SplitData:
+                    official_test: str = "half", allow_duplicates: bool = False) -> SplitData:
     """Find the data (``locate_data_dir``; the shipped sample when none or ``use_sample``), read the ``both``
     file of ``mode`` (``self`` if absent), split it (official, else by persona group), give every turn
     ``n_candidates`` candidates (official, else sampled) and build the persona pool.
@@ -294,7 +326,7 @@ def load_split_data(data_dir: str | Path | None = None, mode: str = "original", 
         raise ValueError(f"load_split_data: official_test must be 'half' or 'full', got {official_test!r}")
     fractions = check_fractions(fractions)
     d, found = _resolve_dir(data_dir, use_sample, download)
-    train, valid, orig, files = _read_files(d, mode)
+    train, valid, orig, files = _read_files(d, mode, allow_duplicates)
     parts, split_info = assign_parts(train, valid, orig, fractions, seed, official_test)
     parts = with_candidates(parts, n_candidates, seed)
     official_train = parts["train"] if train is not None else None  # tagged with its persona groups
@@ -309,10 +341,10 @@ def load_split_data(data_dir: str | Path | None = None, mode: str = "original", 
 
 
 # --- statistics and the data-stats command ---------------------------------------------------------------
-def dataset_stats(path: str | Path) -> dict:
+def dataset_stats(path: str | Path, allow_duplicates: bool = False) -> dict:
     """Counts of one file. Utterances = 2 x turn pairs minus the ``__SILENCE__`` openers (a silence is not an
     utterance). Persona groups are computed on own personas (partner personas for ``other`` files)."""
-    eps = read_episodes(path)
+    eps = read_episodes(path, allow_duplicates)
     pairs = sum(len(e.turns) for e in eps)
     silence = sum(t.partner == SILENCE for e in eps for t in e.turns)
     personas = [e.own_persona or e.partner_persona for e in eps]

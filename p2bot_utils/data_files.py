@@ -6,8 +6,8 @@ Official sizes and MD5s of the files the project reads ship in ``p2bot_utils/che
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import sys
 import os
 import re
 import tarfile
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from p2bot_utils.profile import repo_root
+from p2bot_utils.profile import file_digest, repo_root
 
 ENV_VAR = "P2BOT_DATA_DIR"
 ARCHIVE_NAME = "convai2_fix_723.tgz"
@@ -39,14 +39,6 @@ def known_facts(path: str | os.PathLike = CHECKSUMS_PATH) -> dict[str, dict]:
     """Official facts keyed by file name (``valid_both_original.txt`` -> ``{"bytes", "md5"[, "sha256"]}``)."""
     files = json.loads(Path(path).read_text(encoding="utf-8"))["files"]
     return {Path(name).name: facts for name, facts in files.items()}
-
-
-def file_digest(path: str | os.PathLike, algo: str = "md5", chunk: int = 1 << 20) -> str:
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def matches_facts(path: str | os.PathLike, facts: dict) -> bool:
@@ -149,12 +141,12 @@ def locate_data_dir(explicit: str | os.PathLike | None = None, download: bool = 
         try:
             download_archive(local, facts=None if facts is None else facts[ARCHIVE_NAME])
         except (OSError, ChecksumError) as e:  # offline (URLError is an OSError) or a bad download
-            print(f"no PERSONA-CHAT / ConvAI2 data ({type(e).__name__}: {e}); {hint}")
+            print(f"no PERSONA-CHAT / ConvAI2 data ({type(e).__name__}: {e}); {hint}", file=sys.stderr)
             return None, "none"
     if not archive.is_file():
-        print(f"no PERSONA-CHAT / ConvAI2 data found and download disabled; {hint}")
+        print(f"no PERSONA-CHAT / ConvAI2 data found and download disabled; {hint}", file=sys.stderr)
         return None, "none"
     for name, verdict in extract_archive(archive, local, facts).items():
         if not verdict.startswith("official"):
-            print(f"warning: {name}: {verdict}")
+            print(f"warning: {name}: {verdict}", file=sys.stderr)
     return find_convai2_dir(local), how

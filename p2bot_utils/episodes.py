@@ -1,17 +1,19 @@
 """The episode model every reader produces, and the dialogue views built on it (no I/O, no model code).
 
 ``SILENCE`` is ConvAI2's placeholder partner utterance when the own speaker opens a dialogue; every view
-drops it. This module is the bottom of the package: it imports nothing of the project.
+drops it. This module is near the bottom of the package: of the project it imports only ``errors``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from p2bot_utils.errors import UserError
+
 SILENCE = "__SILENCE__"
 MODES = ("original", "revised")
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserError):
     """Bad input file; the message names the file and (1-based) line: ``path:line: what is wrong``."""
 
 

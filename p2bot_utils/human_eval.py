@@ -14,7 +14,9 @@ A *sample* is the dict that ``tables.build_sample_table`` takes: ``{"example", "
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import itertools
 import math
 import os
@@ -24,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from p2bot_utils.profile import atomic_write_text
+
 SCALE = {
     4: "Excellent: fluent, fits the conversation, and naturally shows (or asks about) a persona trait.",
     3: "Good: fluent and on topic, but generic; it would suit almost any speaker.",
@@ -31,8 +35,8 @@ SCALE = {
     1: "Poor: ungrammatical, incoherent, or contradicts the speaker's persona or the conversation.",
 }
 RATINGS = tuple(sorted(SCALE))
-SHEET_COLUMNS = ("row_id", "persona", "context", "response", "rating", "comment")
-KEY_COLUMNS = ("row_id", "example", "system")
+SHEET_COLUMNS = ("row_id", "persona", "context", "response", "rating", "comment", "export_id")
+KEY_COLUMNS = ("row_id", "example", "system", "export_id")
 HUMAN = "human"
 
 
@@ -73,17 +77,20 @@ def build_rating_rows(samples: Iterable[dict], include_human: bool = True,
     return rows
 
 
+def export_id(rows: Sequence[dict], seed: int) -> str:
+    """What identifies one export: a hash of its rows and seed. Written into the sheet and the key, so that a
+    sheet is only ever joined with the key it was exported with."""
+    text = json.dumps([rows, seed], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
 def _write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict]) -> Path:
-    """Write a CSV atomically (temporary file + rename)."""
+    """Write a CSV atomically (``profile.atomic_write_text``)."""
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, buf.getvalue())
 
 
 def export_rating_sheet(samples: Iterable[dict], sheet_path: str | os.PathLike, key_path: str | os.PathLike,
@@ -96,11 +103,12 @@ def export_rating_sheet(samples: Iterable[dict], sheet_path: str | os.PathLike, 
     rows = build_rating_rows(samples, include_human, context_turns)
     order = np.random.default_rng(seed).permutation(len(rows))
     width = max(3, len(str(len(rows))))
-    shuffled = [{**rows[i], "row_id": f"R{k + 1:0{width}d}", "rating": "", "comment": ""}
+    export = export_id(rows, seed)
+    shuffled = [{**rows[i], "row_id": f"R{k + 1:0{width}d}", "rating": "", "comment": "", "export_id": export}
                 for k, i in enumerate(order)]
     _write_csv(sheet_path, SHEET_COLUMNS, shuffled)
     _write_csv(key_path, KEY_COLUMNS, shuffled)
-    (sheet_path.parent / "rating_instructions.md").write_text(instructions_text(), encoding="utf-8")
+    atomic_write_text(sheet_path.parent / "rating_instructions.md", instructions_text())
     return sheet_path, key_path
 
 
@@ -117,7 +125,7 @@ def read_rating_sheet(path: str | os.PathLike, rater: str | None = None) -> pd.D
     """A filled sheet as rows (row_id, rating, rater); ``rater`` defaults to the file's stem. Every row must
     hold a rating 1–4; errors name the file, the CSV line and the row id."""
     path = Path(path)
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:  # a spreadsheet program may add a BOM
         reader = csv.DictReader(f)
         missing = {"row_id", "rating"} - set(reader.fieldnames or ())
         if missing:
@@ -130,7 +138,7 @@ def read_rating_sheet(path: str | os.PathLike, rater: str | None = None) -> pd.D
                 raise ValueError(f"{where}: row id is {'empty' if not rid else 'repeated'}")
             seen.add(rid)
             out.append({"row_id": rid, "rating": _parse_rating(row.get("rating"), where),
-                        "rater": rater or path.stem})
+                        "rater": rater or path.stem, "export_id": (row.get("export_id") or "").strip()})
     if not out:
         raise ValueError(f"{path}: the sheet has no rows")
     return pd.DataFrame(out)
@@ -138,7 +146,9 @@ def read_rating_sheet(path: str | os.PathLike, rater: str | None = None) -> pd.D
 
 def read_key(path: str | os.PathLike) -> pd.DataFrame:
     """The key file: row_id → example, system."""
-    key = pd.read_csv(path, dtype=str, keep_default_na=False)
+    key = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    if "export_id" not in key.columns:  # a key exported before export ids existed
+        key["export_id"] = ""
     missing = set(KEY_COLUMNS) - set(key.columns)
     if missing:
         raise ValueError(f"{path}: line 1: the key lacks column(s) {sorted(missing)}")
@@ -149,17 +159,25 @@ def import_ratings(sheet_paths: Iterable[str | os.PathLike], key_path: str | os.
     """All filled sheets joined with the key: rows (row_id, example, system, rating, rater). Each sheet must
     rate exactly the key's rows."""
     key = read_key(key_path)
-    known = set(key["row_id"])
-    frames = []
+    known, export = set(key["row_id"]), set(key["export_id"])
+    frames, seen = [], {}
     for p in sheet_paths:
         sheet = read_rating_sheet(p)
+        ids = set(sheet["export_id"])
+        if ids != export:
+            raise ValueError(f"{p}: export id {', '.join(sorted(ids)) or '(none)'} does not match the key {key_path} "
+                             f"({', '.join(sorted(export)) or '(none)'}): the sheet comes from another export")
+        content = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+        if Path(p).resolve() in seen or content in seen.values():
+            raise ValueError(f"{p}: the same sheet is given twice (each rater's sheet counts once)")
+        seen[Path(p).resolve()] = content
         unknown = sorted(set(sheet["row_id"]) - known)
         absent = sorted(known - set(sheet["row_id"]))
         if unknown:
             raise ValueError(f"{p}: row id {unknown[0]} is not in the key {key_path} ({len(unknown)} unknown)")
         if absent:
             raise ValueError(f"{p}: {len(absent)} row(s) of the key are missing from the sheet, e.g. {absent[0]}")
-        frames.append(sheet.merge(key, on="row_id", how="left"))
+        frames.append(sheet.drop(columns="export_id").merge(key.drop(columns="export_id"), on="row_id", how="left"))
     if not frames:
         raise ValueError("human_eval.import_ratings: no sheets given")
     return pd.concat(frames, ignore_index=True)[["row_id", "example", "system", "rating", "rater"]]

@@ -6,17 +6,23 @@ number comes from (profile, data source, split, commit, machine).
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from p2bot_utils.errors import ConfigError
+from p2bot_utils.profile_check import check_params
 
 PROFILES = ("smoke", "demo", "paper", "paper-dryrun")
 
@@ -33,19 +39,36 @@ def repo_root() -> Path:
     return cwd
 
 
-def load_params(profile_or_path: str | os.PathLike) -> dict[str, Any]:
-    """Read a profile's parameter file: a name from ``PROFILES`` or a path to a YAML file."""
+def load_params(profile_or_path: str | os.PathLike, check: bool = True, unknown_ok: bool = False) -> dict[str, Any]:
+    """Read a profile's parameter file: a name from ``PROFILES`` or a path to a YAML file. Every value is
+    checked by type and range against ``configs/smoke.yaml`` and ``profile_check`` (``check=False`` skips it;
+    ``unknown_ok`` lets keys the reference lacks through); a problem is a ``ConfigError`` naming file and key."""
     p = Path(profile_or_path)
     if not p.suffix:
         p = repo_root() / "configs" / f"{profile_or_path}.yaml"
     if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such profile file (profiles: {', '.join(PROFILES)})")
-    params = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    if not isinstance(params, dict):
-        raise ValueError(f"{p}: a profile must be a mapping of parameter names to values")
+        raise ConfigError(f"{p}: no such profile file (profiles: {', '.join(PROFILES)})")
+    params = _read_yaml(p)
     if "extends" in params:  # a profile built on another (paper-dryrun extends paper): its keys, then these
         base = str(params.pop("extends"))
-        params = {**load_params(base if Path(base).suffix else p.parent / f"{base}.yaml"), **params}
+        params = {**load_params(base if Path(base).suffix else p.parent / f"{base}.yaml", check=False), **params}
+    if check:
+        reference = _read_yaml(repo_root() / "configs" / "smoke.yaml")
+        params = check_params(params, reference, str(p), unknown_ok)
+    return params
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        params = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from None
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: a profile must be a mapping of parameter names to values")
     return params
 
 
@@ -108,6 +131,13 @@ def model_folder(kind: str, variant: str = "") -> str:
     return MODEL_FOLDERS[(kind, variant)]
 
 
+def training_dir(model_dir: str | os.PathLike) -> Path:
+    """Where a model trains (checkpoint, settings, lock) before it is saved whole to ``model_dir``: the sibling
+    ``<model_dir>.train`` (inside ``model_dir`` it would be swept away by the atomic save)."""
+    model_dir = Path(model_dir)
+    return model_dir.with_name(f"{model_dir.name}.train")
+
+
 class RunPaths:
     """Every model folder of one run under ``root`` (``runs/<profile>[-sample]/`` by default)."""
 
@@ -123,7 +153,7 @@ class RunPaths:
 
     def training(self, variant: str = "full") -> Path:
         """A Transmitter variant's training folder (checkpoint, settings) while it trains."""
-        return self.root / f"{model_folder('transmitter', variant)}.train"
+        return training_dir(self.transmitter(variant))
 
     def receiver(self) -> Path:
         return self.root / model_folder("receiver")
@@ -166,7 +196,22 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
+def file_digest(path: str | os.PathLike, algo: str = "md5", chunk: int = 1 << 20) -> str:
+    """Hex digest of a file, read in chunks (data checksums: MD5; checkpoint manifests: SHA-256)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
 # --- atomic writes: a reader never sees a half-written file ------------------------------------------
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,11 +219,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would make it (0644); mkstemp gives 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextmanager
+def staged_dir(dest: str | os.PathLike):
+    """Write a whole folder, then put it in place: yields a fresh temporary sibling of ``dest``; on success it
+    replaces ``dest`` (an old ``dest`` is moved aside first and deleted last), on an error it is removed. A
+    kill never leaves a half-written ``dest`` that looks whole."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.tmp-"))
+    os.chmod(tmp, 0o777 & ~_umask())  # as mkdir() would make it (0755); mkdtemp gives 0700
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    if dest.exists():
+        dest.rename(old)
+    tmp.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

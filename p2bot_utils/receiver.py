@@ -27,11 +27,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from p2bot_utils.backbones import load_encoder
-from p2bot_utils.profile import atomic_write_json
+from p2bot_utils.errors import CheckpointError
+from p2bot_utils.profile import atomic_write_json, staged_dir
 
 CONFIG_NAME, WEIGHTS_NAME = "receiver_config.json", "model.safetensors"
 
@@ -291,35 +293,39 @@ class Receiver(nn.Module):
 
     # --- persistence: one folder, safetensors + JSON config + tokenizer ---
     def save_pretrained(self, out_dir: str | os.PathLike) -> Path:
-        """Write ``receiver_config.json`` (with the encoder's config), ``model.safetensors`` and the tokenizer."""
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        """Write ``receiver_config.json`` (with the encoder's config), ``model.safetensors`` and the tokenizer,
+        the folder whole (``profile.staged_dir``)."""
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = out / f".{WEIGHTS_NAME}.tmp"
-        save_file(state, str(tmp))
-        os.replace(tmp, out / WEIGHTS_NAME)
-        self.tokenizer.save_pretrained(str(out))
-        atomic_write_json(out / CONFIG_NAME, {"receiver": asdict(self.config),
-                                              "encoder": self.impression_encoder.config.to_dict()})
-        return out
+        with staged_dir(out_dir) as tmp:
+            save_file(state, str(tmp / WEIGHTS_NAME))
+            self.tokenizer.save_pretrained(str(tmp))
+            atomic_write_json(tmp / CONFIG_NAME, {"receiver": asdict(self.config),
+                                                  "encoder": self.impression_encoder.config.to_dict()})
+        return Path(out_dir)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | None = None) -> "Receiver":
-        """Rebuild a saved Receiver (no network, no pickles)."""
+        """Rebuild a saved Receiver (no network, no pickles); a missing, foreign or damaged folder is a
+        ``CheckpointError`` naming it."""
         path = Path(path)
         cfg_file = path / CONFIG_NAME
         if not cfg_file.is_file():
-            raise FileNotFoundError(f"{cfg_file}: not a saved Receiver folder (no {CONFIG_NAME})")
-        meta = json.loads(cfg_file.read_text(encoding="utf-8"))
-        config = ReceiverConfig.from_dict(meta["receiver"])
-        enc_cfg = dict(meta["encoder"])
-        enc_config = AutoConfig.for_model(enc_cfg.pop("model_type"), **enc_cfg)
-        model = cls(config, AutoModel.from_config(enc_config), AutoTokenizer.from_pretrained(str(path)),
-                    None if config.shared_encoder else AutoModel.from_config(enc_config))
-        res = model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=False)
+            other = " (it holds a Transmitter)" if (path / "transmitter_config.json").is_file() else ""
+            raise CheckpointError(f"{path}: not a saved Receiver{other}: {CONFIG_NAME} missing")
+        try:
+            meta = json.loads(cfg_file.read_text(encoding="utf-8"))
+            config = ReceiverConfig.from_dict(meta["receiver"])
+            enc_cfg = dict(meta["encoder"])
+            enc_config = AutoConfig.for_model(enc_cfg.pop("model_type"), **enc_cfg)
+            model = cls(config, AutoModel.from_config(enc_config), AutoTokenizer.from_pretrained(str(path)),
+                        None if config.shared_encoder else AutoModel.from_config(enc_config))
+            res = model.load_state_dict(load_file(str(path / WEIGHTS_NAME)), strict=False)
+        except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+            raise CheckpointError(f"{path}: damaged Receiver folder ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
         if res.missing_keys or res.unexpected_keys:
-            raise ValueError(f"{path / WEIGHTS_NAME}: weights do not match the saved config: "
-                             f"missing {res.missing_keys[:3]}, unexpected {res.unexpected_keys[:3]}")
+            raise CheckpointError(f"{path / WEIGHTS_NAME}: weights do not match the saved config: "
+                                  f"missing {res.missing_keys[:3]}, unexpected {res.unexpected_keys[:3]}")
         return model.to(device or "cpu").eval()
 
     @classmethod

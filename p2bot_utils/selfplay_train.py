@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from p2bot_utils.checkpoints import find_checkpoint, load_checkpoint, save_checkpoint
+from p2bot_utils.checkpoints import find_checkpoint, load_checkpoint, run_lock, save_checkpoint
+from p2bot_utils.errors import CheckpointError
 from p2bot_utils.profile import atomic_write_text
 from p2bot_utils.rewards import RewardModels
 from p2bot_utils.selfplay import LOG_FIELDS, SelfPlayConfig, selfplay_step, step_inputs
@@ -42,7 +43,7 @@ def _check_resumable(ckpt: Path, saved: dict, config: SelfPlayConfig) -> None:
     now = asdict(config)
     diff = [k for k in now if k not in RESUME_FREE and k in saved and _jsonish(saved[k]) != _jsonish(now[k])]
     if diff:
-        raise ValueError(f"{ckpt}: checkpoint written with other settings ({', '.join(diff)}); delete it or "
+        raise CheckpointError(f"{ckpt}: checkpoint written with other settings ({', '.join(diff)}); delete it or "
                          f"restore those settings")
 
 
@@ -58,6 +59,11 @@ def train_selfplay(learner, user, models: RewardModels, persona_pool, openings: 
     learner.eval()  # dropout off: the gradient is taken under the very distribution B sampled from
     optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=config.lr)
     ckpt = Path(config.out_dir) / "checkpoint" if config.out_dir else None
+    with run_lock(config.out_dir, enabled=bool(config.out_dir)):  # one run per folder
+        return _train(learner, user, models, persona_pool, openings, config, optimizer, ckpt, stop_after_steps)
+
+
+def _train(learner, user, models, persona_pool, openings, config, optimizer, ckpt, stop_after_steps):
     start, log = 0, []
     if ckpt is not None and find_checkpoint(ckpt) is not None:
         state = load_checkpoint(ckpt, learner, optimizer)
@@ -81,6 +87,6 @@ def train_selfplay(learner, user, models: RewardModels, persona_pool, openings: 
 
 def remove_checkpoint(config: SelfPlayConfig) -> None:
     """Delete ``out_dir/checkpoint`` (after a finished run, so that a rerun starts afresh, not resumes)."""
-    if config.out_dir:
-        for name in ("checkpoint", ".checkpoint.old", ".checkpoint.tmp"):
-            shutil.rmtree(Path(config.out_dir) / name, ignore_errors=True)
+    if config.out_dir and Path(config.out_dir).is_dir():
+        for path in Path(config.out_dir).glob("*checkpoint*"):  # checkpoint, .checkpoint.prev, .checkpoint.tmp-*, ...
+            shutil.rmtree(path, ignore_errors=True)

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from p2bot_utils.checkpoints import find_checkpoint, load_checkpoint, save_checkpoint, write_log_csv
+from p2bot_utils.checkpoints import find_checkpoint, load_checkpoint, run_lock, save_checkpoint, write_log_csv
+from p2bot_utils.errors import CheckpointError
 
 _CHOICES = {"optimizer": ("adamw", "adam"), "scheduler": ("linear", "constant"),
             "mixed_precision": ("no", "bf16", "fp16")}
@@ -284,7 +285,7 @@ def _resume(ctx: _Ctx, ckpt: Path, n_examples: int) -> _Run:
     now = {**asdict(ctx.config), "n_examples": n_examples, "num_processes": ctx.acc.num_processes}
     for key in (*_RESUME_KEYS, "n_examples", "num_processes"):
         if saved[key] != now[key]:
-            raise ValueError(f"{ckpt}: checkpoint was written with {key}={saved[key]!r} but this run has "
+            raise CheckpointError(f"{ckpt}: checkpoint was written with {key}={saved[key]!r} but this run has "
                              f"{now[key]!r}; delete the checkpoint or use another TrainConfig.out_dir")
     run = _Run(step=state["step"], epoch=state["epoch"], micro=state["micro_batch"], window=state["window"],
                log=state["log"], last_loss=state["last_loss"])
@@ -323,9 +324,10 @@ def train(model: torch.nn.Module, examples: Sequence, collate_fn: Callable[[list
     prepared, optimizer = acc.prepare(model, optimizer)
     ctx = _Ctx(acc, prepared, optimizer, scheduler, examples, collate_fn, loss_fn, config, total, micro_per_epoch)
     ckpt = Path(config.out_dir) / "checkpoint"
-    run = _resume(ctx, ckpt, n) if find_checkpoint(ckpt) else _Run()
-    resumed_from = run.step
-    _loop(ctx, run, n, stop_after_steps)
+    with run_lock(config.out_dir, enabled=acc.is_main_process):  # one run per folder
+        run = _resume(ctx, ckpt, n) if find_checkpoint(ckpt) else _Run()
+        resumed_from = run.step
+        _loop(ctx, run, n, stop_after_steps)
     acc.unwrap_model(prepared, keep_fp32_wrapper=False)  # drop accelerate's autocast wrapper from forward
     model.train(was_training)
     return TrainResult(steps=run.step, log=list(run.log), final_loss=run.last_loss,

@@ -19,12 +19,15 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from p2bot_utils.episodes import is_silence
+from p2bot_utils.errors import CheckpointError
 from p2bot_utils.lm_likelihood import utterance_log_likelihood
+from p2bot_utils.profile import staged_dir
 
 SPECIAL_TOKENS = {"persona": "<persona>", "self": "<self>", "partner": "<partner>", "clf": "<clf>"}
 HEAD_FILE, CONFIG_FILE = "nup_head.safetensors", "transmitter_config.json"
@@ -254,26 +257,32 @@ class Transmitter(nn.Module):
 
     # --- one folder: backbone + tokenizer + head + layout settings (safetensors, no pickles) ---
     def save_pretrained(self, out_dir) -> Path:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(out)
-        self.tokenizer.save_pretrained(out)
-        if self.head is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                      str(out / HEAD_FILE))
-        (out / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
-        return out
+        """Write the folder whole (``profile.staged_dir``: a kill never leaves a half model that looks whole)."""
+        with staged_dir(out_dir) as tmp:
+            self.lm.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            if self.head is not None:
+                save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                          str(tmp / HEAD_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
+        return Path(out_dir)
 
     @classmethod
     def from_pretrained(cls, model_dir, dtype=torch.float32) -> "Transmitter":
+        """A saved Transmitter; a missing, foreign or damaged folder is a ``CheckpointError`` naming it."""
         d = Path(model_dir)
         if not (d / CONFIG_FILE).is_file():
-            raise FileNotFoundError(f"transmitter: {d / CONFIG_FILE} missing; {d} is not a saved Transmitter")
-        config = TransmitterConfig(**json.loads((d / CONFIG_FILE).read_text(encoding="utf-8")))
-        lm = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
-        model = cls(lm, AutoTokenizer.from_pretrained(d), config)
-        if model.head is not None:
-            model.head.load_state_dict(load_file(str(d / HEAD_FILE)))
+            other = " (it holds a Receiver)" if (d / "receiver_config.json").is_file() else ""
+            raise CheckpointError(f"{d}: not a saved Transmitter{other}: {CONFIG_FILE} missing")
+        try:
+            config = TransmitterConfig(**json.loads((d / CONFIG_FILE).read_text(encoding="utf-8")))
+            lm = AutoModelForCausalLM.from_pretrained(d, dtype=dtype)
+            model = cls(lm, AutoTokenizer.from_pretrained(d), config)
+            if model.head is not None:
+                model.head.load_state_dict(load_file(str(d / HEAD_FILE)))
+        except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
+            raise CheckpointError(f"{d}: damaged Transmitter folder ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
         return model.eval()
 
 

@@ -20,6 +20,7 @@ from p2bot_utils import data, data_files
 from p2bot_utils.data import (SILENCE, DataFormatError, Episode, PersonaEntry, Turn, dataset_stats,
                               load_split_data, persona_groups, read_episodes, read_hf_json, read_parlai,
                               sample_candidates, sample_data_dir, split_by_group)
+from p2bot_utils import cli
 from p2bot_utils.cli import data_stats as stats_main
 
 FIX = Path(__file__).parent / "fixtures"
@@ -130,7 +131,7 @@ def test_hf_json_bad_history_and_syntax(tmp_path):
 def test_cli_bad_file_one_line_no_output(tmp_path, capsys):
     p = tmp_path / "valid_self_original_no_cands.txt"
     p.write_text(BAD["missing tab"][0], encoding="utf-8")
-    assert stats_main([str(tmp_path)]) == 2
+    assert cli.main(["data-stats", str(tmp_path)]) == 2  # cli.main holds the one error path
     out, err = capsys.readouterr()
     assert out == "" and err.strip().count("\n") == 0 and f"{p}:2: missing tab" in err
 
@@ -299,7 +300,7 @@ def test_download_checksum_mismatch_deletes(tmp_path, monkeypatch, capsys):
     assert list((tmp_path / "data").iterdir()) == []
     bad = {data_files.ARCHIVE_NAME: _facts(b"something else")}
     assert data_files.locate_data_dir(download=True, root=tmp_path, facts=bad) == (None, "none")
-    assert "ChecksumError" in capsys.readouterr().out and not (tmp_path / "data" / data_files.ARCHIVE_NAME).exists()
+    assert "ChecksumError" in capsys.readouterr().err and not (tmp_path / "data" / data_files.ARCHIVE_NAME).exists()
 
 
 def test_download_good_archive_is_extracted(tmp_path, monkeypatch):
@@ -317,10 +318,10 @@ def test_offline_falls_back_to_sample(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(data_files, "fetch_url", offline)
     monkeypatch.setattr(data_files, "repo_root", lambda: tmp_path)
     assert data_files.locate_data_dir(download=True) == (None, "none")
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1 and "P2BOT_DATA_DIR" in out
+    err = capsys.readouterr().err  # on stderr: a command's stdout may be JSON
+    assert err.count("\n") == 1 and "P2BOT_DATA_DIR" in err
     s = load_split_data(download=True)
-    assert s.source == "sample" and "SAMPLE" in capsys.readouterr().out
+    assert s.source == "sample" and "SAMPLE" in capsys.readouterr().err
 
 
 def test_locate_order_explicit_then_env(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "p2bot_utils"
 MAX_LINES = 400
-LAZY_OK = {"cli.py"}  # the command line imports a command's module when that command runs (start-up time)
+LAZY_OK = {"cli.py", "cli_models.py"}  # the command line imports a command's module when that command runs (start-up time)
 
 
 def _modules() -> dict[str, Path]:
@@ -76,7 +76,8 @@ def test_no_function_level_imports_of_the_project_outside_cli():
 
 def test_the_bottom_layers_import_nothing_above_them():
     graph = import_graph()
-    assert graph["metrics"] == set() and graph["episodes"] == set() and graph["profile"] == set()
+    assert graph["metrics"] == set() and graph["errors"] == set() and graph["episodes"] <= {"errors"}
+    assert graph["profile"] <= {"errors", "profile_check"} and graph["profile_check"] <= {"errors"}
     data_side = {"episodes", "data_files", "data_split", "data", "sides", "ir"}
     models = {"transmitter", "decoding", "receiver", "backbones", "lm_likelihood", "training", "checkpoints"}
     for name in data_side:  # data code never imports model code

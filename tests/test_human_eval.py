@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from p2bot_utils import human_eval as he
+from p2bot_utils import cli
 from p2bot_utils.cli import human_eval as human_eval_cli
 
 SYSTEMS = ("Alphabot", "Betabot")
@@ -141,5 +142,5 @@ def test_cli_prints_table2(exported, tmp_path, capsys):
     assert human_eval_cli([str(filled), "--key", str(key)]) == 0
     out = capsys.readouterr().out
     assert "Alphabot" in out and "p_value" in out
-    assert human_eval_cli([str(sheet), "--key", str(key)]) == 2  # the unfilled sheet: a one-line error
+    assert cli.main(["human-eval", str(sheet), "--key", str(key)]) == 2  # the unfilled sheet: a one-line error
     assert "rating empty" in capsys.readouterr().err

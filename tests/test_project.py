@@ -101,13 +101,15 @@ def test_notebook_params_command_keeps_the_notebooks_keys_and_refuses_unknown_on
     assert cli.notebook_params([str(prof), str(a), str(tmp_path / "out.yaml")]) == 0
     assert yaml.safe_load((tmp_path / "out.yaml").read_text()) == {"seed": 7, "lr": 0.5}
     prof.write_text("seed: 7\nlr: 0.5\nsteps: 9\nstpes: 1\n")
-    assert cli.notebook_params([str(prof), str(a), str(tmp_path / "out2.yaml")]) == 2
+    assert cli.main(["notebook-params", str(prof), str(a), str(tmp_path / "out2.yaml")]) == 2
     assert "stpes set by the profile but declared by no notebook" in capsys.readouterr().err
     assert not (tmp_path / "out2.yaml").exists()
 
 
 def test_unknown_profile_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="no such profile"):
+    from p2bot_utils.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no such profile"):
         profile.load_params("nonexistent")
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from p2bot_utils import receiver as rc
+from p2bot_utils.errors import CheckpointError
 from p2bot_utils.receiver_train import train_receiver
 from p2bot_utils.sides import ReceiverExample
 
@@ -158,7 +159,7 @@ def test_save_load_round_trip_gives_identical_scores(tokenizer, tmp_path, shared
 
 
 def test_from_pretrained_names_the_folder_when_it_is_not_a_receiver(tmp_path):
-    with pytest.raises(FileNotFoundError, match="receiver_config.json"):
+    with pytest.raises(CheckpointError, match="receiver_config.json"):
         rc.Receiver.from_pretrained(tmp_path)
 
 

@@ -116,15 +116,16 @@ def test_checkpoint_holds_no_pickle(tmp_path):
     train(make_model(), make_examples(), collate, mse_loss, config(tmp_path, num_epochs=1, save_every=5))
     ckpt = tmp_path / "run" / "checkpoint"
     files = sorted(p.name for p in ckpt.iterdir())
-    assert files == ["log.csv", "model.safetensors", "optimizer.json", "optimizer.safetensors",
-                     "rng-0.json", "rng-0.safetensors", "scheduler.json", "state.json"]
+    assert files == ["checkpoint_manifest.json", "log.csv", "model.safetensors", "optimizer.json",
+                     "optimizer.safetensors", "rng-0.json", "rng-0.safetensors", "scheduler.json", "state.json"]
     for p in ckpt.iterdir():
         assert not p.read_bytes().startswith(b"\x80"), f"{p} looks like a pickle"
     with safe_open(str(ckpt / "optimizer.safetensors"), "pt") as f:
         assert {k.rsplit(".", 1)[1] for k in f.keys()} == {"step", "exp_avg", "exp_avg_sq"}
     state = json.loads((ckpt / "state.json").read_text())
     assert (state["step"], state["epoch"], state["micro_batch"]) == (11, 0, 11)
-    assert not list((tmp_path / "run").glob(".checkpoint.*"))  # temp folders were renamed away
+    # the previous checkpoint is kept as the fallback; temporary and trash folders are gone
+    assert [p.name for p in (tmp_path / "run").glob(".checkpoint.*")] == [".checkpoint.prev"]
 
 
 def test_log_csv_columns_and_rows(tmp_path):
