@@ -95,6 +95,7 @@ def lab():
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
                                f"--ServerApp.port={port}", "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0",
                                f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={WORK}",
+                               f"--LabApp.workspaces_dir={WORK / 'workspaces'}",  # not the user's saved layout
                                "--LabApp.expose_app_in_browser=True"],  # the test runs Lab's own commands
                               env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -171,7 +172,8 @@ def test_jupyterlab_runs_notebook_00_with_the_smoke_parameters(lab):
     assert state["outputs"] >= 5 and state["images"] >= 1, state
     page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
     page.screenshot(path=str(SHOTS / "jupyterlab_00_data_figure.png"))
-    assert state["ran"] == state["code"] and "data_split.json" in page.locator(".jp-Notebook").inner_text()
+    shown = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden) .jp-Notebook")  # the notebook in front
+    assert state["ran"] == state["code"] and "data_split.json" in shown.inner_text()
     page.close()
 
 
