@@ -124,6 +124,8 @@ CASES = [
         _profile(t, transmiter_lr=1e-4))], "transmiter_lr: unknown key (did you mean transmitter_lr?)"),
     ("profile: bad choice", lambda t, m: ["train-transmitter", "--config", str(_profile(t, transmitter_nup_loss="hinge"))],
      "transmitter_nup_loss: 'hinge' is not one of binary, softmax"),
+    ("profile: self-play mode", lambda t, m: ["train-transmitter", "--config", str(_profile(t, selfplay_mode="both"))],
+     "selfplay_mode: 'both' is not one of original, revised"),
     ("profile: fractions", lambda t, m: ["train-transmitter", "--config", str(_profile(t, split_fractions=[0.8, 0.1]))],
      "split_fractions"),
     ("profile: reward weights", lambda t, m: ["train-transmitter", "--config", str(
