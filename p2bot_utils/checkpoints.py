@@ -232,8 +232,8 @@ def _finish_save(ckpt_dir: Path, tmp: Path, token: str) -> None:
         _op("current->prev")
     tmp.rename(ckpt_dir)
     _op("tmp->current")
-    for left in ckpt_dir.parent.glob(f".{ckpt_dir.name}.*-*"):  # trash and unfinished saves of killed runs
-        if left.name.startswith((f".{ckpt_dir.name}.tmp-", f".{ckpt_dir.name}.trash-")):
+    for kind in ("tmp", "trash"):  # the trash, and unfinished saves of killed runs
+        for left in ckpt_dir.parent.glob(f".{ckpt_dir.name}.{kind}-*"):
             shutil.rmtree(left, ignore_errors=True)
     _op("cleanup")
 

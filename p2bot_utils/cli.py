@@ -165,12 +165,9 @@ def chat(argv: Sequence[str]) -> int:
     candidate personas by what you said so far. Commands: /persona, /reset, /quit, /help."""
     from p2bot_utils import talk_cli  # lazy: see the module docstring
 
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils chat", description=chat.__doc__)
+    ap = OneLineParser(prog="python -m p2bot_utils chat", description=chat.__doc__)
     talk_cli.chat_arguments(ap)
-    try:
-        talk_cli.run_chat(ap.parse_args(list(argv)), talk_cli.stdin_lines(), lambda t: print(t, flush=True))
-    except (OSError, ValueError) as e:
-        return report("chat", e)
+    talk_cli.run_chat(ap.parse_args(list(argv)), talk_cli.stdin_lines(), lambda t: print(t, flush=True))
     return 0
 
 
@@ -181,12 +178,9 @@ def watch(argv: Sequence[str]) -> int:
     utterance. ``--before`` (the supervised model) plays the same pair beside ``--model``."""
     from p2bot_utils import talk_cli  # lazy: see the module docstring
 
-    ap = argparse.ArgumentParser(prog="python -m p2bot_utils watch", description=watch.__doc__)
+    ap = OneLineParser(prog="python -m p2bot_utils watch", description=watch.__doc__)
     talk_cli.watch_arguments(ap)
-    try:
-        talk_cli.run_watch(ap.parse_args(list(argv)), lambda t: print(t, flush=True))
-    except (OSError, ValueError) as e:
-        return report("watch", e)
+    talk_cli.run_watch(ap.parse_args(list(argv)), lambda t: print(t, flush=True))
     return 0
 
 COMMANDS: dict[str, tuple[Callable[[Sequence[str]], int], str]] = {
@@ -222,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(COMMANDS[name][0](rest) or 0)
     except SystemExit as e:  # argparse: --help (0) or a usage mistake, already printed in one line (2)
-        return int(e.code or 0) if isinstance(e.code, int) or e.code is None else 2
+        return e.code if isinstance(e.code, int) else int(e.code is not None)
     except (*USER_ERRORS, KeyboardInterrupt) as e:
         if debug:
             raise

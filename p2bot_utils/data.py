@@ -182,7 +182,7 @@ def read_episodes(path: str | Path, allow_duplicates: bool = False) -> list[Epis
     appears twice (same personas and turns) is a ``DataFormatError``; ``allow_duplicates`` keeps them all
     with a warning that counts them."""
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path}: no such data file")
+        raise FileNotFoundError(f"{path}: no such data file (or not a file)")
     episodes = read_hf_json(path) if Path(path).suffix == ".json" else read_parlai(path)
     seen: dict[tuple, Episode] = {}
     dups = []

@@ -41,7 +41,7 @@ RANGES = [  # (key pattern, test, what it must be); the first matching pattern a
     *[(p, *_NONNEG) for p in ("seed", "*_save_every", "*_warmup_steps", "*_weight_decay", "*_max_grad_norm",
                               "*_max_turns", "*_gen_turns", "*_top_k", "*_trainable_layers", "*_coef", "*_margin",
                               "*_l1_beta", "*_n_samples", "*_human_n", "*_show_turns", "*_n_examples_shown",
-                              "*_index", "*_max_steps_shown")],
+                              "*_index")],
 ]
 
 

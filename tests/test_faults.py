@@ -5,6 +5,8 @@ line, key or folder to fix, no traceback, and nothing on disk changed (no file a
 Files are made by the tests; nothing here reads the real data."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -292,19 +294,12 @@ def _export(root: Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def _fill(sheet: Path, out: Path, rating: str = "3", bom: bool = False) -> Path:
-    text = sheet.read_text(encoding="utf-8").splitlines()
-    header = text[0].split(",")
-    col = header.index("rating")
-    rows = [header]
-    for line in text[1:]:
-        import csv
-        cells = next(csv.reader([line]))
-        cells[col] = rating
-        rows.append(cells)
-    import csv
-    import io
+    """The exported sheet with every row rated ``rating`` (saved with a BOM, as a spreadsheet program may)."""
+    rows = list(csv.DictReader(io.StringIO(sheet.read_text(encoding="utf-8"))))
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerows(rows)
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({**r, "rating": rating} for r in rows)
     out.write_text(("\ufeff" if bom else "") + buf.getvalue(), encoding="utf-8")
     return out
 
