@@ -4,15 +4,24 @@ for the user A in self-play, and token-by-token sampling with per-token log-prob
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import trange
+from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessorList
 
-from p2bot_utils.transmitter import Transmitter, eq3_scores, layout_batch, score_replies
+from p2bot_utils.transmitter import (
+    Transmitter,
+    build_inputs,
+    encode_texts,
+    eq3_scores,
+    layout_batch,
+    pad_batch,
+    score_replies,
+)
 
 
 def banned_ids(model: Transmitter) -> list[int]:
@@ -64,20 +73,79 @@ class NoRepeatNGramInReply:
         return scores
 
 
-def beam_candidates(model: Transmitter, personas, histories, num_beams: int = 2, max_new_tokens: int = 32,
-                    block_ngram: int = 0):
-    """Every beam of a beam search through ``generate()``: B lists of ``num_beams`` reply id lists.
-    ``block_ngram`` = n > 0 forbids repeating any n-gram inside a reply (released code: 2; paper: 0 = off)."""
-    b = layout_batch(model, personas, histories, None, side="left")
+def context_lengths(model: Transmitter, personas, histories) -> list[int]:
+    """Tokens of each laid-out context (through ``<self>``): what batching sorts by."""
+    c = model.config
+    return [len(build_inputs(*encode_texts(model.tokenizer, p, h)[:2], None, model.ids, max_len=c.max_len,
+                             max_reply_tokens=c.max_reply_tokens, use_persona=c.use_persona)["input_ids"])
+            for p, h in zip(personas, histories)]
+
+
+def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices in chunks of ``batch_size``, longest first, so that a batch pads to similar lengths (and the
+    slowest batch shows early in a progress bar). Callers put results back in the original order."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    return [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+
+
+def prefill_contexts(model: Transmitter, personas, histories):
+    """Left-padded contexts and the KV cache of everything before their final ``<self>`` (computed ONCE per
+    context: beam search and the Eq. 3 re-scoring of its beams both start from it). The cache is None for a
+    backbone that keeps none (openai-gpt)."""
+    b = layout_batch(model, personas, histories, None, side="left")  # every row ends with <self>
+    if not model.supports_cache:
+        return b, None
+    _, cache = model.hidden(b["input_ids"][:, :-1], b["attention_mask"][:, :-1], b["position_ids"][:, :-1],
+                            use_cache=True)
+    return b, cache
+
+
+def _beam_search(model: Transmitter, b: dict, cache, num_beams: int, max_new_tokens: int, block_ngram: int):
+    """``generate()`` beam search from a prefilled context (``cache``: consumed) -> B lists of beam id lists."""
+    B, ids = b["input_ids"].shape[0], b["input_ids"]
     cfg = GenerationConfig(num_beams=num_beams, num_return_sequences=num_beams, do_sample=False,
                            max_new_tokens=max_new_tokens, min_new_tokens=1, eos_token_id=model.ids.clf,
                            pad_token_id=model.ids.pad, suppress_tokens=banned_ids(model), early_stopping=True,
                            length_penalty=1.0)
-    procs = LogitsProcessorList([NoRepeatNGramInReply(block_ngram, b["input_ids"].shape[1])] if block_ngram else [])
-    gen = model.lm.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], generation_config=cfg,
-                            logits_processor=procs)
-    new = gen[:, b["input_ids"].shape[1]:].tolist()  # (B*K, L)
-    return [[_split_reply(model, new[i * num_beams + k]) for k in range(num_beams)] for i in range(len(personas))]
+    procs = LogitsProcessorList([NoRepeatNGramInReply(block_ngram, ids.shape[1])] if block_ngram else [])
+    kw = {}
+    if cache is not None:  # generate() expands the inputs to B*K rows but not a cache: expand it here
+        cache.batch_repeat_interleave(num_beams)
+        kw["cache"] = cache
+    gen = model.lm.generate(input_ids=ids, attention_mask=b["attention_mask"], generation_config=cfg,
+                            logits_processor=procs, **kw)
+    new = gen[:, ids.shape[1]:].tolist()  # (B*K, L)
+    return [[_split_reply(model, new[i * num_beams + k]) for k in range(num_beams)] for i in range(B)]
+
+
+def beam_candidates(model: Transmitter, personas, histories, num_beams: int = 2, max_new_tokens: int = 32,
+                    block_ngram: int = 0):
+    """Every beam of a beam search through ``generate()``: B lists of ``num_beams`` reply id lists.
+    ``block_ngram`` = n > 0 forbids repeating any n-gram inside a reply (released code: 2; paper: 0 = off)."""
+    b, cache = prefill_contexts(model, personas, histories)
+    return _beam_search(model, b, cache, num_beams, max_new_tokens, block_ngram)
+
+
+def score_on_context(model: Transmitter, b: dict, cache, reply_ids: Sequence[Sequence[int]]):
+    """Summed log-likelihood (reply tokens + ``<clf>``), token count and NUP logit of R = B·K replies, reply
+    r continuing context r // K, from the contexts' prefilled ``cache`` (``prefill_contexts``; consumed):
+    only ``<self>`` + reply + ``<clf>`` run per reply. Equals ``transmitter.score_replies`` on full rows."""
+    B, R = b["input_ids"].shape[0], len(reply_ids)
+    K, clf, cap = R // B, model.ids.clf, model.config.max_reply_tokens
+    rows = [[model.ids.self_, *[t for t in r if t != clf][:cap], clf] for r in reply_ids]
+    cb = pad_batch(rows, model.ids.pad, "right", [[-100, *row[1:]] for row in rows])
+    cb = {k: v.to(model.device) for k, v in cb.items()}
+    cache.batch_repeat_interleave(K)
+    mask = torch.cat([b["attention_mask"][:, :-1].repeat_interleave(K, 0), cb["attention_mask"]], -1)
+    pos = b["position_ids"][:, -1:].repeat_interleave(K, 0) + cb["position_ids"]  # <self> keeps its position
+    h, _ = model.hidden(cb["input_ids"], mask, pos, cache)  # (R, Tr, H)
+    sel = cb["labels"][:, 1:] != -100  # position t predicts token t + 1
+    tok = -F.cross_entropy(model.lm_logits(h[:, :-1][sel]).float(), cb["labels"][:, 1:][sel], reduction="none")
+    lm_rows = sel.nonzero()[:, 0]
+    lm_sum = torch.zeros(R, device=tok.device).index_add(0, lm_rows, tok)
+    n_tok = torch.bincount(lm_rows, minlength=R)
+    nup = model.nup_logit(h, cb["attention_mask"].sum(-1) - 1) if model.head is not None else None
+    return lm_sum, n_tok, nup
 
 
 @torch.no_grad()
@@ -87,25 +155,32 @@ def generate_replies(model: Transmitter, personas, histories, *, num_beams: int 
     """Beam search (size 2, up to 32 tokens), every beam re-scored, the reply chosen by Eq. 3:
     alpha · (1/|y|) log p(y|s) + (1 − alpha) · log p(y=1|s, y) (alpha = 1, or −Next, gives Eq. 2).
     Returns texts; with ``return_beams`` dicts holding every beam with its two scores. ``block_ngram``: see
-    ``beam_candidates`` (0 = paper)."""
-    out = []
-    for lo in trange(0, len(personas), batch_size, disable=not show_progress, desc="generate", leave=False):
-        P, H = personas[lo:lo + batch_size], histories[lo:lo + batch_size]
-        beams = beam_candidates(model, P, H, num_beams, max_new_tokens, block_ngram)
-        K = num_beams
-        flat = [r for bs in beams for r in bs]
-        lm_sum, n_tok, logit = score_replies(model, [p for p in P for _ in range(K)],
-                                             [h for h in H for _ in range(K)], reply_ids=flat)
+    ``beam_candidates`` (0 = paper).
+
+    Speed without changing a result: contexts are batched longest first (less padding), each context runs
+    once (its KV cache feeds the beam search and the re-scoring of its beams; ``prefill_contexts``), and a
+    beam is re-scored from that cache (``score_on_context``) rather than as a full (context, reply) row."""
+    out = [None] * len(personas)
+    chunks = length_sorted_chunks(context_lengths(model, personas, histories), batch_size)
+    for idx in tqdm(chunks, disable=not show_progress, desc="generate", leave=False):
+        P, H, K = [personas[i] for i in idx], [histories[i] for i in idx], num_beams
+        b, cache = prefill_contexts(model, P, H)
+        if cache is None:
+            beams = _beam_search(model, b, None, K, max_new_tokens, block_ngram)
+            flat = [r for bs in beams for r in bs]
+            lm_sum, n_tok, logit = score_replies(model, [p for p in P for _ in range(K)],
+                                                 [h for h in H for _ in range(K)], reply_ids=flat)
+        else:
+            beams = _beam_search(model, b, copy.deepcopy(cache), K, max_new_tokens, block_ngram)
+            lm_sum, n_tok, logit = score_on_context(model, b, cache, [r for bs in beams for r in bs])
         lm_norm = (lm_sum / n_tok.clamp(min=1)).view(-1, K)  # (B, K)
         nup = None if logit is None else F.logsigmoid(logit).view(-1, K)
         best = eq3_scores(lm_norm, nup, alpha).argmax(-1).tolist()
         for i, bs in enumerate(beams):
             text = _decode(model, bs[best[i]])
-            if not return_beams:
-                out.append(text)
-                continue
-            out.append({"reply": text, "beams": [_decode(model, r) for r in bs], "lm_norm": lm_norm[i].tolist(),
-                        "nup_logp": None if nup is None else nup[i].tolist(), "chosen": best[i]})
+            out[idx[i]] = text if not return_beams else {
+                "reply": text, "beams": [_decode(model, r) for r in bs], "lm_norm": lm_norm[i].tolist(),
+                "nup_logp": None if nup is None else nup[i].tolist(), "chosen": best[i]}
     return out
 
 

@@ -413,3 +413,98 @@ def test_paired_difference_is_the_mean_and_stderr_of_per_turn_differences():
     with pytest.raises(ValueError, match="equally long"):
         paired_difference([1.0], [1.0, 2.0])
 
+
+
+# --- decoding speed paths give the plain paths' results -------------------------------------------------
+def _plain_beams(model, personas, histories, num_beams, max_new_tokens):
+    """generate() on the full left-padded prompts, no prefilled cache: the reference."""
+    from transformers import GenerationConfig
+
+    from p2bot_utils.decoding import _split_reply, banned_ids
+    from p2bot_utils.transmitter import layout_batch
+
+    b = layout_batch(model, personas, histories, None, side="left")
+    cfg = GenerationConfig(num_beams=num_beams, num_return_sequences=num_beams, do_sample=False,
+                           max_new_tokens=max_new_tokens, min_new_tokens=1, eos_token_id=model.ids.clf,
+                           pad_token_id=model.ids.pad, suppress_tokens=banned_ids(model), early_stopping=True)
+    new = model.lm.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"],
+                            generation_config=cfg)[:, b["input_ids"].shape[1]:].tolist()
+    return [[_split_reply(model, new[i * num_beams + k]) for k in range(num_beams)] for i in range(len(personas))]
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_beam_search_from_a_prefilled_context_equals_plain_generate(tiny, num_beams):
+    from p2bot_utils.decoding import beam_candidates
+
+    with torch.no_grad():
+        assert beam_candidates(tiny, PERSONAS, HISTORIES, num_beams, 10) == \
+            _plain_beams(tiny, PERSONAS, HISTORIES, num_beams, 10)
+
+
+def test_rescoring_beams_from_the_context_cache_equals_full_rows(tiny):
+    """score_on_context (context once, <self> + reply + <clf> per beam) = score_replies (one full row per
+    pair), including a reply cut without <clf> and a one-token reply."""
+    from p2bot_utils.decoding import prefill_contexts, score_on_context
+    from p2bot_utils.transmitter import score_replies
+
+    K = 2
+    replies = [[5, 6, 7, tiny.ids.clf], [8], [9, 10, tiny.ids.clf], [11, 12, 13, 14, 15, 16], [17, tiny.ids.clf],
+               [18, 19]]
+    with torch.no_grad():
+        b, cache = prefill_contexts(tiny, PERSONAS, HISTORIES)
+        got = score_on_context(tiny, b, cache, replies)
+        want = score_replies(tiny, [p for p in PERSONAS for _ in range(K)], [h for h in HISTORIES for _ in range(K)],
+                             reply_ids=replies)
+    torch.testing.assert_close(got[0], want[0], atol=1e-4, rtol=1e-4)
+    assert got[1].tolist() == want[1].tolist() == [4, 2, 3, 7, 2, 3]
+    torch.testing.assert_close(got[2], want[2], atol=1e-4, rtol=1e-4)
+
+
+def test_length_sorted_batches_keep_every_reply_in_its_place(tiny):
+    from p2bot_utils.decoding import context_lengths, length_sorted_chunks
+
+    assert length_sorted_chunks([3, 9, 5, 9, 1], 2) == [[1, 3], [2, 0], [4]]
+    lengths = context_lengths(tiny, PERSONAS, HISTORIES)
+    assert len(lengths) == 3 and len(set(lengths)) > 1  # the fixture's contexts differ in length
+    one_by_one = [generate_replies(tiny, [p], [h], max_new_tokens=6, return_beams=True)[0]
+                  for p, h in zip(PERSONAS, HISTORIES)]
+    batched = generate_replies(tiny, PERSONAS, HISTORIES, max_new_tokens=6, batch_size=2, return_beams=True)
+    assert [o["beams"] for o in batched] == [o["beams"] for o in one_by_one]
+    for a, b in zip(batched, one_by_one):
+        assert a["chosen"] == b["chosen"]
+        torch.testing.assert_close(torch.tensor(a["lm_norm"]), torch.tensor(b["lm_norm"]), atol=1e-4, rtol=1e-4)
+
+
+def test_packed_candidates_see_the_context_and_only_themselves():
+    from p2bot_utils.transmitter_eval import packed_attention_mask, packed_candidates
+
+    pk = packed_candidates([[[5, 9], [6, 7, 9]], [[8, 9], [9]]], pad=0)
+    assert pk["input_ids"].tolist() == [[5, 9, 6, 7, 9], [8, 9, 9, 0, 0]]
+    assert pk["offsets"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 0, 0, 0]]
+    assert pk["segment"].tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, -1, -1]]
+    assert pk["clf"].tolist() == [[1, 4], [1, 2]]
+    ctx_mask = torch.tensor([[1, 1], [0, 1]])  # row 1's context is left-padded
+    see = packed_attention_mask(ctx_mask, pk["segment"], torch.float32)[:, 0] == 0  # (B, Tp, Tc + Tp)
+    assert see[0].int().tolist() == [[1, 1, 1, 0, 0, 0, 0],   # 5: context + itself
+                                     [1, 1, 1, 1, 0, 0, 0],   # 9 (<clf> of candidate 0)
+                                     [1, 1, 0, 0, 1, 0, 0],   # 6: not candidate 0
+                                     [1, 1, 0, 0, 1, 1, 0],
+                                     [1, 1, 0, 0, 1, 1, 1]]
+    assert see[1].int().tolist()[2:] == [[0, 1, 0, 0, 1, 0, 0],  # the padded context token is never seen
+                                         [0, 1, 0, 0, 0, 0, 0],  # padding queries: the context only
+                                         [0, 1, 0, 0, 0, 0, 0]]
+
+
+def test_packed_ranking_without_a_head_and_gold_only_rows(tiny):
+    from p2bot_utils.transmitter import TransmitterConfig
+
+    cands = [["a b", "c d e", r] for r in REPLIES]
+    nn_model = Transmitter.from_backbone(tiny.lm, tiny.tokenizer, TransmitterConfig(use_nup_head=False, max_len=64,
+                                                                                    max_reply_tokens=12)).eval()
+    packed = rank_candidates(nn_model, PERSONAS, HISTORIES, cands, lm_rows="all")
+    pair = rank_candidates_per_pair(nn_model, PERSONAS, HISTORIES, cands)
+    assert packed["nup"] is None
+    torch.testing.assert_close(packed["lm_sum"], pair["lm_sum"], atol=1e-3, rtol=1e-5)
+    gold = rank_candidates(tiny, PERSONAS, HISTORIES, cands, lm_rows="gold")
+    assert torch.isnan(gold["lm_sum"][:, :-1]).all() and (gold["lm_n"][:, :-1] == 0).all()
+    assert rank_candidates(tiny, PERSONAS, HISTORIES, cands, lm_rows="none")["lm_n"].sum() == 0
