@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessorList
 
+from p2bot_utils.profile import timed_phase
 from p2bot_utils.transmitter import (
     Transmitter,
     build_inputs,
@@ -149,6 +150,7 @@ def score_on_context(model: Transmitter, b: dict, cache, reply_ids: Sequence[Seq
 
 
 @torch.no_grad()
+@timed_phase("generation")
 def generate_replies(model: Transmitter, personas, histories, *, num_beams: int = 2, max_new_tokens: int = 32,
                      alpha: float = 0.1, batch_size: int = 16, return_beams: bool = False,
                      show_progress: bool = False, block_ngram: int = 0):

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from p2bot_utils.data_split import select_part
 from p2bot_utils.ir import PERSONA_TFIDF, TfidfRanker
 from p2bot_utils.metrics import mean_and_stderr
+from p2bot_utils.profile import timed_phase
 from p2bot_utils.receiver import Receiver, ReceiverConfig, cumulative_score, relevance
 from p2bot_utils.sides import DialogueSide, DistractorSampler, SideSplit, pool_from_sides
 
@@ -160,6 +161,7 @@ class ReceiverScorer:
 
 
 # --- the study ----------------------------------------------------------------------------------------
+@timed_phase("probing")
 def probe(items: Sequence[ProbeItem], scorer, mrr_pool: str = "candidates",
           all_sentences: Sequence[str] = ()) -> dict:
     """Hits@1 and MRR (fractions, with standard errors and the count) of one scorer over the items."""

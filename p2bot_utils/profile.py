@@ -174,6 +174,7 @@ def notebook_params(namespace: dict[str, Any], *prefixes: str) -> dict[str, Any]
     params = {k: v for k, v in namespace.items()
               if k in SHARED_PARAMS or (prefixes and k.startswith(prefixes) and not k.startswith("_"))}
     set_seed(params.get("seed", 0))
+    phase_seconds(reset=True)  # the manifest's seconds per phase count from here
     return params
 
 
@@ -309,14 +310,50 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+# --- where the time goes: seconds per phase, recorded by the library's loops, written by update_manifest ---
+_PHASES: dict[str, float] = {}
+_OPEN: list[list] = []  # [name, seconds spent in phases nested inside it]
+
+
+@contextmanager
+def timed_phase(name: str):
+    """Add the seconds spent inside to phase ``name`` (training, ranking, generation, self-play rollouts,
+    rewards, probing, ...). Exclusive: time inside a nested phase counts for the inner one only, so the
+    phases add up to at most the wall time. ``notebook_params`` starts a notebook's clock at zero and
+    ``update_manifest`` writes it (``phase_seconds``). Also a decorator: ``@timed_phase("ranking")``."""
+    start = time.perf_counter()
+    _OPEN.append([name, 0.0])
+    try:
+        yield
+    finally:
+        _, inner = _OPEN.pop()
+        total = time.perf_counter() - start
+        _PHASES[name] = _PHASES.get(name, 0.0) + total - inner
+        if _OPEN:
+            _OPEN[-1][1] += total
+
+
+def phase_seconds(reset: bool = False) -> dict[str, float]:
+    """Seconds per phase since the last reset (``reset=True`` starts the clock again at zero)."""
+    out = {k: round(v, 1) for k, v in sorted(_PHASES.items(), key=lambda kv: -kv[1])}
+    if reset:
+        _PHASES.clear()
+    return out
+
+
 def update_manifest(results_dir: str | os.PathLike, notebook: str, params: dict[str, Any],
                     wall_time_s: float | None = None, **facts: Any) -> Path:
     """Record, per notebook, what produced the files in ``results_dir``: commit, profile parameters, data
-    source and split, models, machine and wall time. Merges into ``manifest.json``."""
+    source and split, models, machine, wall time and the seconds per phase (``timed_phase``; "other" is the
+    rest of the wall time: loading, tables, figures). Merges into ``manifest.json``."""
+    phases = phase_seconds()
+    if wall_time_s is not None:
+        phases["other"] = round(max(wall_time_s - sum(phases.values()), 0.0), 1)
     path = Path(results_dir) / "manifest.json"
     manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"notebooks": {}}
     manifest["notebooks"][notebook] = {
         "commit": git_commit(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
-        "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1), "params": params, **facts,
+        "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1), "phase_seconds": phases,
+        "params": params, **facts,
     }
     return atomic_write_json(path, manifest)

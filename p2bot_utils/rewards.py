@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from p2bot_utils.lm_likelihood import utterance_log_likelihood
+from p2bot_utils.profile import timed_phase
 from p2bot_utils.receiver import score_utterances
 from p2bot_utils.transmitter import nup_log_prob
 
@@ -144,6 +145,7 @@ def _wanted(config, models: RewardModels) -> list[str]:
     return [k for k in REWARD_NAMES if k in config.rewards or (config.log_all_rewards and have[k])]
 
 
+@timed_phase("rewards")
 def compute_rewards(ro, models: RewardModels, config) -> dict[str, torch.Tensor]:
     """Every reward term of every a^B_n of a rollout ``ro`` under a ``SelfPlayConfig`` -> dict of (B, N)
     tensors: the wanted ``r1``/``r2``/``r3``, the optional ``penalty``, and ``reward`` = Eq. 10 over the

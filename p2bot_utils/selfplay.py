@@ -20,6 +20,7 @@ from p2bot_utils import rewards as rw
 from p2bot_utils import decoding as dec
 from p2bot_utils.episodes import SILENCE
 from p2bot_utils.metrics import distinct_n
+from p2bot_utils.profile import timed_phase
 from p2bot_utils.rewards import RewardModels, compute_rewards, flatten
 
 LOG_FIELDS = ("step", "dialogues", "r1", "r2", "r3", "penalty", "reward", "baseline", "loss", "response_len",
@@ -183,6 +184,7 @@ class Rollout:
 
 
 @torch.no_grad()
+@timed_phase("self-play rollouts")
 def rollout(learner: nn.Module, user: nn.Module, personas_a, personas_b, openings: Sequence[str],
             config: SelfPlayConfig, agent_greedy: bool = False) -> Rollout:
     """Play ``len(openings)`` dialogues in one batch: B samples (Sec. 3.2; ``agent_greedy`` for showing
@@ -316,6 +318,7 @@ def _log_row(step: int, config: SelfPlayConfig, ro: Rollout, comps: dict, loss, 
     return row
 
 
+@timed_phase("training")  # the REINFORCE update; its rollout and rewards count as their own phases
 def selfplay_step(learner, user, models: RewardModels, optimizer, personas_a, personas_b, openings,
                   config: SelfPlayConfig, step: int = 0) -> tuple[dict, Rollout, dict]:
     """One REINFORCE update (Eq. 4-5) on a batch of fresh self-play dialogues -> (log row, rollout, rewards)."""

@@ -311,3 +311,40 @@ def build_sample_table(samples: Iterable[dict], context_turns: int = 3) -> pd.Da
         rows.append({"example": ex, "role": "human", "text": _clean(s["human"])})
         rows += [{"example": ex, "role": system, "text": _clean(reply)} for system, reply in s["replies"].items()]
     return pd.DataFrame(rows, columns=["example", "role", "text"])
+
+
+# --- paired comparisons (the differences the paper draws, on the same turns) ------------------------------
+PAIRED_COMPARISONS = (  # (a, b, persona variants): the table reports a − b
+    ("P²Bot", "P²Bot-S", PERSONAS), ("P²Bot-S", UNTRAINED, PERSONAS),
+    *((v, "P²Bot-S", ("revised",)) for v in ("−Persona", "−Next", "+RS.1", "+RS.1+RS.2", "+RS.1+RS.2+RS.3")),
+)
+PAIRED_METRICS = {"hits@1": "per_turn_rank", "f1": "per_turn_f1"}
+
+
+def build_paired(evaluations: Iterable[dict], comparisons=PAIRED_COMPARISONS) -> pd.DataFrame:
+    """Paired differences a − b of Hits@1 and F1 (percentage points) over the SAME test turns, with the
+    standard error of the per-turn difference and whether it lies beyond 2 SE (a difference worth the name).
+    ``evaluations``: notebook 04's raw results (``systems``, ``personas``, ``per_turn_rank`` / ``per_turn_f1``).
+    Perplexity is a corpus ratio, not a per-turn mean: its bootstrap interval is in Table 1 / 3 instead."""
+    by = {(name, e["personas"]): e for e in evaluations for name in e["systems"]}
+    rows = []
+    for a, b, variants in comparisons:
+        for personas in variants:
+            if (a, personas) not in by or (b, personas) not in by:
+                continue
+            for metric, key in PAIRED_METRICS.items():
+                xa, xb = by[(a, personas)].get(key), by[(b, personas)].get(key)
+                if not xa or not xb:
+                    continue
+                if len(xa) != len(xb):
+                    raise ValueError(f"tables.build_paired: {a} and {b} ({personas}) were scored on different "
+                                     f"turns ({len(xa)} vs {len(xb)})")
+                if key == "per_turn_rank":
+                    xa, xb = [float(r == 1) for r in xa], [float(r == 1) for r in xb]
+                d = 100.0 * (np.asarray(xa, dtype=float) - np.asarray(xb, dtype=float))
+                se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
+                rows.append({"comparison": f"{a} − {b}", "personas": personas, "metric": LABELS[metric],
+                             "n turns": len(d), "difference": round(float(d.mean()), 2), "SE": round(se, 2),
+                             "beyond 2 SE": bool(abs(d.mean()) > 2 * se)})
+    return pd.DataFrame(rows, columns=["comparison", "personas", "metric", "n turns", "difference", "SE",
+                                       "beyond 2 SE"])

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from p2bot_utils.checkpoints import find_checkpoint, load_checkpoint, run_lock, save_checkpoint, write_log_csv
 from p2bot_utils.errors import CheckpointError
+from p2bot_utils.profile import timed_phase
 
 _CHOICES = {"optimizer": ("adamw", "adam"), "scheduler": ("linear", "constant"),
             "mixed_precision": ("no", "bf16", "fp16")}
@@ -334,6 +335,7 @@ def train(model: torch.nn.Module, examples: Sequence, collate_fn: Callable[[list
                        stopped=run.step < total, resumed_from=resumed_from)
 
 
+@timed_phase("training")
 def _loop(ctx: _Ctx, run: _Run, n: int, stop_after_steps: int | None) -> None:
     acc, cfg = ctx.acc, ctx.config
     per_step = cfg.grad_accum * acc.num_processes

@@ -19,7 +19,7 @@ from tqdm.auto import trange
 from p2bot_utils import metrics
 from p2bot_utils.decoding import generate_replies
 from p2bot_utils.episodes import episode_turns
-from p2bot_utils.profile import atomic_write_text
+from p2bot_utils.profile import atomic_write_text, timed_phase
 from p2bot_utils.transmitter import Transmitter, encode_texts, layout_batch, score_replies
 
 
@@ -147,6 +147,7 @@ def _ppl_ci(nll: np.ndarray, n: np.ndarray, seed: int, reps: int = 1000) -> tupl
     return float(lo), float(hi)
 
 
+@timed_phase("ranking")
 def _ranking_metrics(model, turns, batch_size, rank_all, seed, show_progress) -> tuple[dict, list]:
     ranks, nll, ntok = [], [], []
     for lo in trange(0, len(turns), batch_size, desc="rank", disable=not show_progress, leave=False):
@@ -188,7 +189,7 @@ def _generation_metrics(model, turns, gen_kw, jsonl_path) -> dict:
 
 def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = None, seed: int = 0, *,
                          rank: bool = True, generate: bool = True, gen_turns: int | None = None,
-                         batch_size: int = 4, gen_batch_size: int = 8, alpha: float = 0.1, num_beams: int = 2,
+                         batch_size: int = 4, gen_batch_size: int = 16, alpha: float = 0.1, num_beams: int = 2,
                          max_new_tokens: int = 32, block_ngram: int = 0, jsonl_path=None,
                          show_progress: bool = True) -> dict:
     """Hits@1 and MRR over each turn's candidates (NUP head; LM likelihood for −Next), perplexity of the gold

@@ -35,3 +35,31 @@ def test_tables_written_for_the_shipped_sample_say_so_and_real_ones_are_unchange
     csv, md = write_table(df, tmp_path / "demo-sample" / "t")
     assert pd.read_csv(csv)["data_warning"].tolist() == [SAMPLE_WARNING]
     assert md.read_text().startswith(f"**{SAMPLE_WARNING}.**\n\n|")
+
+
+def test_phase_clock_counts_each_second_once_and_reaches_the_manifest(tmp_path, monkeypatch):
+    """Seconds per phase are exclusive (time in a nested phase counts for the inner one only), add up
+    across calls, work as a decorator, restart at notebook_params, and update_manifest writes them with the
+    rest of the wall time as "other"."""
+    import json
+
+    from p2bot_utils import profile
+
+    now = [0.0]
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: now[0])
+
+    @profile.timed_phase("generation")
+    def generate(seconds):
+        now[0] += seconds
+
+    profile.notebook_params({"seed": 0}, "x_")  # resets the clock
+    with profile.timed_phase("self-play rollouts"):
+        now[0] += 2.0
+        generate(3.0)       # nested: 3 s of generation, not of rollouts
+        now[0] += 1.0
+    generate(0.5)
+    assert profile.phase_seconds() == {"generation": 3.5, "self-play rollouts": 3.0}
+    profile.update_manifest(tmp_path, "03_selfplay_rl", {"profile": "smoke"}, 10.0)
+    entry = json.loads((tmp_path / "manifest.json").read_text())["notebooks"]["03_selfplay_rl"]
+    assert entry["phase_seconds"] == {"generation": 3.5, "self-play rollouts": 3.0, "other": 3.5}
+    assert profile.phase_seconds(reset=True) and profile.phase_seconds() == {}

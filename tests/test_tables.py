@@ -213,3 +213,21 @@ def test_table1_systems_filter_and_order_and_the_evaluation_plan():
     assert ("selfplay-p2bot", "original", ("+RS.1+RS.2+RS.3", "P²Bot")) in plan
     assert ("transmitter-no_next", "revised", ("−Next",)) in plan
     assert ("transmitter-no_next", "original", ("−Next",)) not in plan and len(plan) == 8
+
+
+def test_paired_differences_on_hand_made_turns():
+    """P²Bot vs P²Bot-S on 4 shared turns: Hits@1 per turn (rank 1 = hit) 1,0,1,1 vs 0,0,1,0 -> differences
+    100, 0, 0, 100: mean 50, SD 57.735, SE 28.87 (not beyond 2 SE); F1 differences 10, 10, 10, 10 -> SE 0."""
+    evals = [{"systems": ["+RS.1+RS.2+RS.3", "P²Bot"], "personas": "original", "per_turn_rank": [1, 3, 1, 1],
+              "per_turn_f1": [0.3, 0.2, 0.2, 0.4]},
+             {"systems": ["P²Bot-S"], "personas": "original", "per_turn_rank": [2, 5, 1, 4],
+              "per_turn_f1": [0.2, 0.1, 0.1, 0.3]}]
+    t = tables.build_paired(evals)
+    hits = t[t.metric == "Hits@1 %"].iloc[0]
+    assert (hits.comparison, hits.personas, hits["n turns"]) == ("P²Bot − P²Bot-S", "original", 4)
+    assert hits.difference == 50.0 and hits.SE == pytest.approx(28.87, abs=0.01) and not hits["beyond 2 SE"]
+    f1 = t[t.metric == "F1 %"].iloc[0]
+    assert f1.difference == pytest.approx(10.0) and f1.SE == pytest.approx(0.0, abs=1e-9) and f1["beyond 2 SE"]
+    assert len(t) == 2  # the other comparisons lack a system and are left out
+    with pytest.raises(ValueError, match="different turns"):
+        tables.build_paired([evals[0], {**evals[1], "per_turn_f1": [0.1, 0.2]}])
