@@ -17,7 +17,7 @@ import torch
 from p2bot_utils import selfplay as sp
 from p2bot_utils.backbones import load_causal_lm
 from p2bot_utils.data import load_split_data
-from p2bot_utils.decoding import generate_replies
+from p2bot_utils.decoding import context_lengths, generate_replies
 from p2bot_utils.profile import pick_device, set_seed
 from p2bot_utils.receiver import Receiver, ReceiverConfig
 from p2bot_utils.rewards import RewardModels, compute_rewards
@@ -61,6 +61,15 @@ def transmitter_train_flops(model, batch: dict) -> float:
     return 3.0 * fwd
 
 
+def forward_flops(model, tokens: int, lm_tokens: int) -> float:
+    """Model FLOPs of a forward pass over ``tokens`` tokens, ``lm_tokens`` of them through the LM head
+    (2·N_body per token, 2·V·H per LM-head token; attention scores not counted: small at these lengths)."""
+    emb = model.lm.get_input_embeddings().weight
+    n_body = sum(p.numel() for n, p in model.lm.named_parameters() if p.data_ptr() != emb.data_ptr()
+                 and "wpe" not in n)
+    return 2.0 * n_body * tokens + 2.0 * emb.shape[0] * emb.shape[1] * lm_tokens
+
+
 def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
     # the paper's layout: one full (context, reply) row for the gold and one for its distractor
     col = dataclasses.replace(TransmitterCollator.for_model(model), shared_context=False)
@@ -82,40 +91,63 @@ def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
             "train_sequences": int(batch["input_ids"].shape[0]), "train_seq_len": int(batch["input_ids"].shape[1])}
 
 
-def _bench_ranking(model, turns: list[dict]) -> dict:
+def _bench_ranking(model, turns: list[dict], peak: float, batch_size: int) -> dict:
+    """Hits@1 ranking as notebook 04 runs it (context once + one packed row of candidates, the gold's LM
+    log-likelihood for perplexity) against one full forward per (context, candidate) pair."""
     P, H, C = ([t[k] for t in turns] for k in ("persona", "history", "candidates"))
-    lm_rows = "none" if model.head is not None else "all"
-    shared = _timed(lambda: rank_candidates(model, P, H, C, lm_rows=lm_rows))
-    pair = _timed(lambda: rank_candidates_per_pair(model, P, H, C, with_lm=model.head is None))
+    lm_rows = "gold" if model.head is not None else "all"
+
+    def shared_fn():
+        for lo in range(0, len(P), batch_size):
+            rank_candidates(model, P[lo:lo + batch_size], H[lo:lo + batch_size], C[lo:lo + batch_size], lm_rows=lm_rows)
+
+    shared = _timed(shared_fn)
+    pair = _timed(lambda: rank_candidates_per_pair(model, P, H, C, with_lm=True))
+    ctx = sum(context_lengths(model, P, H))
+    cand = [len(model.tokenizer.encode(c, add_special_tokens=False)[:model.config.max_reply_tokens]) + 1
+            for cs in C for c in cs]
+    gold = sum(len(model.tokenizer.encode(cs[-1], add_special_tokens=False)) + 1 for cs in C)
+    flops = forward_flops(model, ctx + sum(cand), gold)  # the work ranking needs, no padding
     return {"rank_turns_per_s_shared": len(turns) / shared, "rank_turns_per_s_per_pair": len(turns) / pair,
-            "rank_speedup": pair / shared, "rank_candidates": len(C[0])}
+            "rank_speedup": pair / shared, "rank_candidates": len(C[0]), "rank_gflop_per_turn": flops / len(P) / 1e9,
+            "rank_fraction_of_peak": flops / shared / peak}
 
 
-def _bench_generation(model, turns: list[dict], max_new_tokens: int) -> dict:
+def _bench_generation(model, turns: list[dict], max_new_tokens: int, peak: float) -> dict:
+    """Beam search (2 beams) + Eq. 3 re-scoring of both beams as notebooks 01 / 04 run it: all turns in one
+    batch against one reply at a time. FLOPs counted are the work the replies need (each context once,
+    every beam token once to generate and once to re-score), not the padding either way computes."""
     P, H = [t["persona"] for t in turns], [t["history"] for t in turns]
     kw = dict(num_beams=2, max_new_tokens=max_new_tokens, alpha=0.1)
+    outs = generate_replies(model, P, H, batch_size=len(P), return_beams=True, **kw)
     batched = _timed(lambda: generate_replies(model, P, H, batch_size=len(P), **kw))
     single = _timed(lambda: [generate_replies(model, [p], [h], batch_size=1, **kw) for p, h in zip(P, H)])
+    beam_tokens = sum(len(model.tokenizer.encode(b, add_special_tokens=False)) + 1 for o in outs for b in o["beams"])
+    flops = forward_flops(model, sum(context_lengths(model, P, H)) + 2 * beam_tokens, 2 * beam_tokens)
     return {"gen_replies_per_s_batched": len(P) / batched, "gen_replies_per_s_single": len(P) / single,
-            "gen_speedup": single / batched}
+            "gen_speedup": single / batched, "gen_gflop_per_reply": flops / len(P) / 1e9,
+            "gen_fraction_of_peak_batched": flops / batched / peak, "gen_fraction_of_peak_single": flops / single / peak}
 
 
-def transmitter(backbone: str = "smollm2-135m", data_dir: str | None = None, max_len: int = 256, batch_size: int = 4,
-                steps: int = 3, turns: int = 8, max_new_tokens: int = 16, device: str = "auto") -> dict:
-    """Benchmark the Transmitter on the shipped sample (or ``data_dir``) with ``backbone`` -> a dict of results."""
+def transmitter(backbone: str = "smollm2-135m", data_dir: str | None = None, max_len: int = 128, batch_size: int = 4,
+                steps: int = 3, turns: int = 16, max_new_tokens: int = 32, rank_batch_size: int = 8,
+                device: str = "auto") -> dict:
+    """Benchmark the Transmitter with ``backbone`` at the demo's settings (layout 128 tokens, 2 beams, replies
+    up to 32 tokens, ranking 8 turns per batch) on the data every command finds (``data_dir``, else
+    P2BOT_DATA_DIR or ./data, else the shipped sample; ``data_source`` says which) -> a dict of results."""
     set_seed(0)
     device = pick_device(device)
-    data = load_split_data(data_dir, use_sample=data_dir is None)
+    data = load_split_data(data_dir, download=False)
     model = build_transmitter(backbone, "full", max_len).to(device).eval()
     peak, dtype = matmul_peak_flops(device)
-    res = {"device": _device_name(device), "backbone": backbone, "matmul_peak_tflops": peak / 1e12,
-           "matmul_dtype": dtype}
+    res = {"device": _device_name(device), "backbone": backbone, "data_source": data.source,
+           "matmul_peak_tflops": peak / 1e12, "matmul_dtype": dtype}
     res.update(_bench_training(model, make_examples(model.tokenizer, data.train, seed=0), batch_size, steps))
     res["train_mfu"] = res["train_model_flops_per_s"] / peak
     sample = select_turns(data.dev + data.test, turns, seed=0)
     with torch.no_grad():
-        res.update(_bench_ranking(model, sample))
-        res.update(_bench_generation(model, sample, max_new_tokens))
+        res.update(_bench_ranking(model, sample, peak, rank_batch_size))
+        res.update(_bench_generation(model, sample, max_new_tokens, peak))
     return res
 
 
@@ -140,7 +172,7 @@ def selfplay(backbone: str = "smollm2-135m", encoder: str = "minilm-l6", transmi
     persona cache, against the same dialogues played one at a time with the cache cleared."""
     set_seed(0)
     device = pick_device(device)
-    data = load_split_data(data_dir, use_sample=data_dir is None, download=False)
+    data = load_split_data(data_dir, download=False)
     tr, rec, r1, tok = _selfplay_models(transmitter_dir, receiver_dir, backbone, encoder, lm, max_len, device)
     cfg = sp.SelfPlayConfig(n_dialogues=dialogues, batch_size=dialogues, n_turns=turns, max_new_tokens=max_new_tokens)
     judges = RewardModels(r1, tok, tr, rec).frozen()

@@ -135,12 +135,13 @@ def bench(argv: Sequence[str]) -> int:
 
 def _bench_transmitter_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--backbone", default="smollm2-135m", help="tiny-gpt2 | smollm2-135m | hub id | folder")
-    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT folder; none = the shipped sample")
-    ap.add_argument("--max-len", type=int, default=256, help="layout max_len (context + reply tokens)")
+    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT folder; none = P2BOT_DATA_DIR, ./data, else the sample")
+    ap.add_argument("--max-len", type=int, default=128, help="layout max_len (context + reply tokens; demo: 128)")
     ap.add_argument("--batch-size", type=int, default=4, help="training examples per step (x2 with distractors)")
     ap.add_argument("--steps", type=int, default=3)
-    ap.add_argument("--turns", type=int, default=8, help="turns for ranking and generation")
-    ap.add_argument("--max-new-tokens", type=int, default=16)
+    ap.add_argument("--turns", type=int, default=16, help="turns for ranking and generation")
+    ap.add_argument("--max-new-tokens", type=int, default=32, help="reply cap (demo and paper: 32)")
+    ap.add_argument("--rank-batch-size", type=int, default=8, help="turns per ranking batch (demo: 8)")
     ap.add_argument("--device", default="auto")
 
 
@@ -150,7 +151,7 @@ def _bench_selfplay_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--transmitter", dest="transmitter_dir", default="", help="saved Transmitter folder")
     ap.add_argument("--receiver", dest="receiver_dir", default="", help="saved Receiver folder")
     ap.add_argument("--lm", default="", help="R1 LM (default: --backbone)")
-    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT folder; none = the shipped sample")
+    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT folder; none = P2BOT_DATA_DIR, ./data, else the sample")
     ap.add_argument("--dialogues", type=int, default=8)
     ap.add_argument("--turns", type=int, default=3)
     ap.add_argument("--max-new-tokens", type=int, default=16)

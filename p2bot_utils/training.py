@@ -16,6 +16,8 @@ machine, ends with bit-identical parameters.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from functools import lru_cache
@@ -130,27 +132,46 @@ def _fail() -> Any:
 class TrainResult:
     """``steps``: optimizer steps reached; ``log``: every CSV row so far; ``final_loss``: mean loss of the last
     step; ``stopped``: the run ended on ``stop_after_steps`` before the last step; ``resumed_from``: step of the
-    checkpoint it started from (0 = fresh)."""
+    checkpoint it started from (0 = fresh); ``mixed_precision``: the precision it trained in
+    (``applied_precision``)."""
 
     steps: int
     log: list[dict[str, Any]]
     final_loss: float
     stopped: bool = False
     resumed_from: int = 0
+    mixed_precision: str = "no"
 
 
 # --- the loop ----------------------------------------------------------------------------------------------
+CPU_AUTOCAST_ENV = "P2BOT_CPU_AUTOCAST"
+
+
+def applied_precision(requested: str) -> str:
+    """The precision a run trains in: the requested one on a GPU; on a CPU full precision ("no"), unless
+    ``P2BOT_CPU_AUTOCAST=1``. bf16 / fp16 mixed precision is a GPU speed feature; on a CPU without bf16
+    matrix units (this project's AVX2 machines) autocast emulates it many times slower than fp32 (one
+    paper-dryrun optimizer step of the 12 × 768 GPT took about 200 s in bf16), and fp32 is no less exact.
+    Said on stderr when it happens; ``TrainResult.mixed_precision`` and the manifests record it."""
+    if requested == "no" or torch.cuda.is_available() or os.environ.get(CPU_AUTOCAST_ENV) == "1":
+        return requested
+    print(f"training: {requested} mixed precision asked for, but this is a CPU: training in fp32 "
+          f"(set {CPU_AUTOCAST_ENV}=1 to force autocast)", file=sys.stderr)
+    return "no"
+
+
 def _make_accelerator(config: TrainConfig):
     from accelerate import Accelerator, PartialState
     from accelerate.state import AcceleratorState
 
+    precision = applied_precision(config.mixed_precision)
     previous = AcceleratorState._shared_state.get("_mixed_precision")
-    if previous is not None and previous != config.mixed_precision:
+    if previous is not None and previous != precision:
         if PartialState().num_processes > 1:  # cannot re-initialise a distributed state
             raise ValueError(f"TrainConfig.mixed_precision={config.mixed_precision!r}: this process already "
                              f"trains with {previous!r}; use one precision per launch")
         AcceleratorState._reset_state()  # one process: a notebook may train stages in different precisions
-    return Accelerator(mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum)
+    return Accelerator(mixed_precision=precision, gradient_accumulation_steps=config.grad_accum)
 
 
 def _build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -331,7 +352,7 @@ def train(model: torch.nn.Module, examples: Sequence, collate_fn: Callable[[list
         _loop(ctx, run, n, stop_after_steps)
     acc.unwrap_model(prepared, keep_fp32_wrapper=False)  # drop accelerate's autocast wrapper from forward
     model.train(was_training)
-    return TrainResult(steps=run.step, log=list(run.log), final_loss=run.last_loss,
+    return TrainResult(steps=run.step, log=list(run.log), final_loss=run.last_loss, mixed_precision=acc.mixed_precision,
                        stopped=run.step < total, resumed_from=resumed_from)
 
 

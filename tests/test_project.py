@@ -167,3 +167,17 @@ def test_notebook_cells_have_stable_unique_ids_and_no_generator_scripts_remain()
         ids = [c.get("id") for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]]
         assert all(ids) and len(set(ids)) == len(ids), f"{nb.name}: missing or repeated cell ids"
     assert not list((ROOT / "scripts").glob("make_*notebook*.py")), "notebooks are their own source: edit them"
+
+
+def test_bench_transmitter_reports_every_ratio_with_its_flops():
+    """The benchmark runs end to end on a tiny model and the shipped sample, and reports each ratio the
+    speed goals name together with the FLOPs behind it (numbers depend on the machine: no goal asserted)."""
+    from p2bot_utils import bench
+    from p2bot_utils.data import sample_data_dir
+
+    res = bench.transmitter(backbone="tiny-gpt2", data_dir=str(sample_data_dir()), max_len=128, steps=1, turns=2,
+                            max_new_tokens=4, rank_batch_size=2)
+    assert res["data_source"] == "sample"
+    for key in ("train_mfu", "rank_speedup", "rank_fraction_of_peak", "gen_speedup", "gen_fraction_of_peak_batched",
+                "gen_gflop_per_reply", "rank_gflop_per_turn"):
+        assert res[key] > 0, key

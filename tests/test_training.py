@@ -249,12 +249,25 @@ def test_bad_loss_fn_and_too_few_examples(tmp_path):
         train(make_model(), make_examples(2), collate, mse_loss, config(tmp_path, "few", batch_size=1, grad_accum=4))
 
 
-def test_bf16_mixed_precision_runs_on_cpu(tmp_path):
+def test_bf16_mixed_precision_runs_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.setenv("P2BOT_CPU_AUTOCAST", "1")  # forced: by default a CPU trains in fp32 (next test)
     res = train(make_model(), make_examples(), collate, mse_loss,
                 config(tmp_path, mixed_precision="bf16", max_steps=3, num_epochs=1))
     assert res.steps == 3 and res.final_loss == res.final_loss  # finite, not NaN
+    assert res.mixed_precision == "bf16"
     # a later run in full precision in the same process must work too
     assert train(make_model(), make_examples(), collate, mse_loss, config(tmp_path, "fp32", max_steps=1)).steps == 1
+
+
+def test_a_cpu_trains_in_fp32_when_bf16_is_asked_and_says_so(tmp_path, monkeypatch, capsys):
+    """bf16 autocast is a GPU speed feature; on a CPU it is emulated many times slower than fp32, so a CPU
+    run of the paper profile (bf16) trains in fp32 and says so on stderr and in its result."""
+    monkeypatch.delenv("P2BOT_CPU_AUTOCAST", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = train(make_model(), make_examples(), collate, mse_loss,
+                config(tmp_path, mixed_precision="bf16", max_steps=1, num_epochs=1))
+    assert res.mixed_precision == "no"
+    assert "training in fp32" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad, match", [
