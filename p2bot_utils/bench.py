@@ -91,6 +91,30 @@ def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
             "train_sequences": int(batch["input_ids"].shape[0]), "train_seq_len": int(batch["input_ids"].shape[1])}
 
 
+def _bench_training_shared(model, examples, batch_size: int, steps: int, peak: float) -> dict:
+    """The demo's layout: each context once, its gold + 7 distractors packed into one row (``packing``).
+    FLOPs counted: 3 × forward over the real tokens (context + every reply), the LM head on the gold only."""
+    col = TransmitterCollator.for_model(model)
+    loss_fn = TransmitterLoss(nup_loss="softmax")
+    batch = {k: v.to(model.device) if hasattr(v, "to") else {kk: vv.to(model.device) for kk, vv in v.items()}
+             for k, v in col(examples[:batch_size]).items()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    model.train()
+
+    def step():
+        loss_fn(model, batch, 0.0)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+
+    sec = _timed(step, steps)
+    model.eval()
+    c = batch["candidates"]
+    tokens = int(batch["attention_mask"].sum()) + int(c["attention_mask"].sum())
+    flops = 3.0 * forward_flops(model, tokens, int((c["labels"] != -100).sum()))
+    return {"train_shared_examples_per_s": batch_size / sec, "train_shared_replies_per_context": c["input_ids"].shape[0] // batch_size,
+            "train_shared_mfu": flops / sec / peak}
+
+
 def _bench_ranking(model, turns: list[dict], peak: float, batch_size: int) -> dict:
     """Hits@1 ranking as notebook 04 runs it (context once + one packed row of candidates, the gold's LM
     log-likelihood for perplexity) against one full forward per (context, candidate) pair."""
@@ -144,6 +168,8 @@ def transmitter(backbone: str = "smollm2-135m", data_dir: str | None = None, max
            "matmul_peak_tflops": peak / 1e12, "matmul_dtype": dtype}
     res.update(_bench_training(model, make_examples(model.tokenizer, data.train, seed=0), batch_size, steps))
     res["train_mfu"] = res["train_model_flops_per_s"] / peak
+    res.update(_bench_training_shared(model, make_examples(model.tokenizer, data.train, seed=0, n_distractors=7),
+                                      batch_size, steps, peak))
     sample = select_turns(data.dev + data.test, turns, seed=0)
     with torch.no_grad():
         res.update(_bench_ranking(model, sample, peak, rank_batch_size))

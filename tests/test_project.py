@@ -178,6 +178,6 @@ def test_bench_transmitter_reports_every_ratio_with_its_flops():
     res = bench.transmitter(backbone="tiny-gpt2", data_dir=str(sample_data_dir()), max_len=128, steps=1, turns=2,
                             max_new_tokens=4, rank_batch_size=2)
     assert res["data_source"] == "sample"
-    for key in ("train_mfu", "rank_speedup", "rank_fraction_of_peak", "gen_speedup", "gen_fraction_of_peak_batched",
+    for key in ("train_mfu", "train_shared_mfu", "rank_speedup", "rank_fraction_of_peak", "gen_speedup", "gen_fraction_of_peak_batched",
                 "gen_gflop_per_reply", "rank_gflop_per_turn"):
         assert res[key] > 0, key
