@@ -40,8 +40,9 @@ def paper_name(code: str) -> str:
 
 
 def wrap_labels(labels: Sequence[str], width: int) -> list[str]:
-    """Labels wrapped to ``width`` characters a line (so tick labels side by side never overlap)."""
-    return ["\n".join(textwrap.wrap(str(t), width)) or str(t) for t in labels]
+    """Labels wrapped to ``width`` characters a line (so tick labels side by side never overlap); a word
+    longer than that (say "(+RS.1+RS.2+RS.3)") keeps its line rather than being cut in the middle."""
+    return ["\n".join(textwrap.wrap(str(t), width, break_long_words=False)) or str(t) for t in labels]
 
 
 def relevance_heatmap(matrix, row_labels: Sequence[str], col_labels: Sequence[str], ax=None,

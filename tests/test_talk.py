@@ -213,3 +213,11 @@ def test_figures_use_the_paper_names_and_label_every_axis():
     ax = plots.relevance_heatmap([[0.1, 0.2]], ["hello"], ["a rather long persona sentence here", "short"])
     assert "\n" in ax.get_xticklabels()[0].get_text()  # wrapped, so neighbours do not overlap
     assert ax.figure.axes[-1].get_ylabel().startswith("relevance U")  # the colour bar
+
+
+def test_tick_labels_wrap_between_words_never_inside_one():
+    """The committed self-play figure showed "P²Bot (+RS.1+R / S.2+RS.3)": a paper name cut in the middle."""
+    from p2bot_utils.plots import wrap_labels
+
+    assert wrap_labels(["P²Bot (+RS.1+RS.2+RS.3)", "+RS.1", ""], 14) == ["P²Bot\n(+RS.1+RS.2+RS.3)", "+RS.1", ""]
+    assert wrap_labels(["i like to hike with my two dogs"], 12) == ["i like to\nhike with my\ntwo dogs"]
