@@ -207,7 +207,7 @@ def test_figures_use_the_paper_names_and_label_every_axis():
     changes = pd.DataFrame({"variant": ["rs1", "rs1_rs2", "p2bot"] * 2, "metric": ["r3"] * 3 + ["reward"] * 3,
                             "change": [0.1, 0.2, 0.3] * 2, "change_se": [0.1] * 6})
     fig = plots.selfplay_eval_figure(changes, ["r3", "reward"])
-    ticks = [t.get_text().replace("\n", "") for t in fig.axes[0].get_xticklabels()]
+    ticks = [t.get_text().replace("\n", " ") for t in fig.axes[0].get_xticklabels()]
     assert ticks == ["+RS.1", "+RS.1+RS.2", "P²Bot (+RS.1+RS.2+RS.3)"]
     assert all(ax.get_ylabel() for ax in fig.axes)
     ax = plots.relevance_heatmap([[0.1, 0.2]], ["hello"], ["a rather long persona sentence here", "short"])
