@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from p2bot_utils.episodes import is_silence
 from p2bot_utils.errors import CheckpointError
 from p2bot_utils.lm_likelihood import utterance_log_likelihood
+from p2bot_utils.packing import pack_rows, packed_attention_mask
 from p2bot_utils.profile import staged_dir
 
 SPECIAL_TOKENS = {"persona": "<persona>", "self": "<self>", "partner": "<partner>", "clf": "<clf>"}
@@ -209,7 +210,8 @@ class Transmitter(nn.Module):
         ``nup_logits`` (B,) when asked.
 
         With ``candidates`` (``shared_context_batch``; ``_forward_shared``) the inputs are B contexts, each shared by C
-        candidate replies: the same outputs for the B·C (context, candidate) rows, context computed once."""
+        candidate replies: the same outputs for the B·C (context, candidate) rows, the context computed once and
+        the replies packed into one row per context (``packing``)."""
         if candidates is not None:
             return self._forward_shared(input_ids, attention_mask, position_ids, candidates)
         h, _ = self.hidden(input_ids, attention_mask, position_ids)  # (B, T, H)
@@ -224,11 +226,12 @@ class Transmitter(nn.Module):
         return out
 
     def _forward_shared(self, input_ids, attention_mask, position_ids, candidates: dict) -> dict:
-        """B left-padded contexts (ending with ``<self>``) run once; their KV cache is repeated C times and the
-        B·C right-padded candidates (row i·C + j belongs to context i, each ending with ``<clf>``) run on it.
-        ``candidates``: ``input_ids``, ``attention_mask``, ``position_ids`` (B·C, Tk) from ``pad_batch`` and
-        optional ``labels`` (the candidate's ids where its LM log-likelihood is wanted, else -100). A reply's
-        first token is predicted from the context's last position, token j > 0 from candidate position j − 1."""
+        """B left-padded contexts (ending with ``<self>``) run once; the C replies of each (rows i·C + j of
+        ``candidates``: ``input_ids`` / ``attention_mask`` (B·C, Tk) right-padded by ``pad_batch``, each ending
+        with ``<clf>``, optional ``labels``: the reply's ids where its LM log-likelihood is wanted, else -100)
+        run as ONE packed row on the context's KV cache (``packing``): each reply sees the context and itself
+        only, exactly as if laid out alone. A reply's first token is predicted from the context's last
+        position, token j > 0 from reply position j − 1. Outputs are ordered as for the B·C rows."""
         if not self.supports_cache:
             raise ValueError("transmitter: this backbone keeps no KV cache; lay out full (context, reply) rows")
         B, BC = input_ids.shape[0], candidates["input_ids"].shape[0]
@@ -236,23 +239,23 @@ class Transmitter(nn.Module):
             raise ValueError(f"transmitter: {BC} candidate rows do not split evenly over {B} contexts")
         C = BC // B
         h_ctx, cache = self.hidden(input_ids, attention_mask, position_ids, use_cache=True)  # (B, Tc, H)
-        cache.batch_repeat_interleave(C)
-        cmask = candidates["attention_mask"]
-        mask = torch.cat([attention_mask.repeat_interleave(C, 0), cmask], -1)  # (BC, Tc + Tk)
+        pk = pack_rows(candidates["input_ids"], candidates["attention_mask"], C, candidates.get("labels"))
         if position_ids is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        pos = position_ids[:, -1:].repeat_interleave(C, 0) + 1 + candidates["position_ids"]  # (BC, Tk)
-        h, _ = self.hidden(candidates["input_ids"], mask, pos, cache)  # (BC, Tk, H)
+        pos = position_ids[:, -1:] + 1 + pk["offsets"]  # (B, Tp): every reply starts right after <self>
+        mask = packed_attention_mask(attention_mask, pk["segment"], h_ctx.dtype)
+        h, _ = self.hidden(pk["input_ids"], mask, pos, cache)  # (B, Tp, H)
         out = {}
-        labels = candidates.get("labels")
-        if labels is not None:
-            pred = torch.cat([h_ctx[:, -1:].repeat_interleave(C, 0), h[:, :-1]], 1)  # (BC, Tk, H): predicts token t
-            sel = labels != -100
+        if "labels" in pk:
+            prev = torch.cat([h_ctx[:, -1:], h[:, :-1]], 1)  # (B, Tp, H): what predicts each token ...
+            pred = torch.where((pk["offsets"] == 0)[..., None], h_ctx[:, -1:].expand_as(h), prev)  # ... <self> first
+            sel = pk["labels"] != -100
             out["lm_logits"] = self.lm_logits(pred[sel]).float()
-            out["lm_targets"] = labels[sel]
-            out["lm_rows"] = sel.nonzero()[:, 0]
+            out["lm_targets"] = pk["labels"][sel]
+            out["lm_rows"] = (torch.arange(B, device=h.device)[:, None] * C + pk["segment"])[sel]
         if self.head is not None:
-            out["nup_logits"] = self.nup_logit(h, cmask.sum(-1) - 1)  # (BC,): <clf> is each row's last real token
+            h_clf = h[torch.arange(B, device=h.device)[:, None], pk["clf"]]  # (B, C, H)
+            out["nup_logits"] = self.head(h_clf).squeeze(-1).float().reshape(-1)  # (B·C,)
         return out
 
     # --- one folder: backbone + tokenizer + head + layout settings (safetensors, no pickles) ---

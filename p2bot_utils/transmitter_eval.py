@@ -20,7 +20,7 @@ from p2bot_utils import metrics
 from p2bot_utils.decoding import generate_replies
 from p2bot_utils.episodes import episode_turns
 from p2bot_utils.profile import atomic_write_text, timed_phase
-from p2bot_utils.transmitter import Transmitter, encode_texts, layout_batch, score_replies
+from p2bot_utils.transmitter import Transmitter, candidate_batch, encode_texts, layout_batch, score_replies
 
 
 def select_turns(episodes: Sequence, max_turns: int | None = None, seed: int = 0) -> list[dict]:
@@ -38,49 +38,12 @@ def _candidate_ids(model: Transmitter, candidates: Sequence[Sequence[str]]) -> l
     return [[*encode_texts(model.tokenizer, [], [], c)[2][:cap], clf] for cands in candidates for c in cands]
 
 
-def packed_candidates(cand_ids: Sequence[Sequence[Sequence[int]]], pad: int) -> dict:
-    """Each context's C candidates (ids ending with ``<clf>``) laid end to end in ONE row, right-padded to
-    the longest row: ``input_ids`` (B, Tp), ``offsets`` (B, Tp) (a token's position inside its candidate),
-    ``segment`` (B, Tp) (its candidate's index; -1 for padding) and ``clf`` (B, C) (each candidate's last
-    position, its ``<clf>``)."""
-    B, C = len(cand_ids), len(cand_ids[0])
-    Tp = max(sum(map(len, cs)) for cs in cand_ids)
-    ids = torch.full((B, Tp), pad, dtype=torch.long)
-    offsets = torch.zeros((B, Tp), dtype=torch.long)
-    segment = torch.full((B, Tp), -1, dtype=torch.long)
-    clf = torch.zeros((B, C), dtype=torch.long)
-    for i, cs in enumerate(cand_ids):
-        at = 0
-        for j, c in enumerate(cs):
-            ids[i, at:at + len(c)] = torch.tensor(c, dtype=torch.long)
-            offsets[i, at:at + len(c)] = torch.arange(len(c))
-            segment[i, at:at + len(c)] = j
-            at += len(c)
-            clf[i, j] = at - 1
-    return {"input_ids": ids, "offsets": offsets, "segment": segment, "clf": clf}
-
-
-def packed_attention_mask(ctx_mask: torch.Tensor, segment: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive 4-D mask (B, 1, Tp, Tc + Tp) for packed candidates: a candidate token sees the real context
-    tokens and the earlier tokens of ITS OWN candidate, never another candidate (so every candidate is
-    scored exactly as if it were alone after the context). Padding queries see the context only."""
-    Tp = segment.shape[1]
-    causal = torch.ones(Tp, Tp, dtype=torch.bool, device=segment.device).tril()  # (Tp, Tp)
-    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0) & causal  # (B, Tp, Tp)
-    see = torch.cat([ctx_mask.bool()[:, None, :].expand(-1, Tp, -1), same], -1)  # (B, Tp, Tc + Tp)
-    return torch.zeros(see.shape, dtype=dtype, device=see.device).masked_fill(~see, torch.finfo(dtype).min)[:, None]
-
-
 @torch.no_grad()
 def rank_candidates(model: Transmitter, personas, histories, candidates, lm_rows: str = "gold") -> dict:
-    """Score C candidates per context with ONE pass over the context and ONE packed row of candidates.
-
-    The context (ending with ``<self>``) runs once and keeps its KV cache; the C candidates of a context are
-    laid end to end in a single row (``packed_candidates``) whose attention mask lets each candidate see the
-    context and its own earlier tokens only (``packed_attention_mask``), with positions restarting after the
-    context for every candidate. That is the same computation as C separate (context, candidate) rows
-    (``rank_candidates_per_pair``, the reference), without padding candidates to the longest and without
-    copying the context's cache C times.
+    """Score C candidates per context with ONE pass over the context and ONE packed row of its candidates
+    (``Transmitter.forward(..., candidates=...)``, the same pass that trains the NUP head; ``packing``): each
+    candidate sees the context and itself only, so the numbers equal ``rank_candidates_per_pair`` (the
+    reference: one full forward per pair), without padding candidates to the longest or copying the context.
 
     Returns ``nup`` (B, C) NUP logits (None for −Next) and ``lm_sum`` / ``lm_n`` (B, C): summed log-likelihood
     of candidate tokens + ``<clf>`` and their count, for every candidate (``lm_rows="all"``) or only the gold
@@ -90,33 +53,20 @@ def rank_candidates(model: Transmitter, personas, histories, candidates, lm_rows
     B, C = len(personas), len(candidates[0])
     if not model.supports_cache:  # e.g. openai-gpt: no KV cache, score each pair in full
         return rank_candidates_per_pair(model, personas, histories, candidates, with_lm=lm_rows != "none")
-    dev = model.device
     ctx = layout_batch(model, personas, histories, None, side="left")  # (B, Tc), ends with <self>
-    h_ctx, cache = model.hidden(ctx["input_ids"], ctx["attention_mask"], ctx["position_ids"], use_cache=True)
-    flat = _candidate_ids(model, candidates)
-    pk = {k: v.to(dev) for k, v in packed_candidates([flat[i * C:(i + 1) * C] for i in range(B)],
-                                                     model.ids.pad).items()}
-    pos = ctx["position_ids"][:, -1:] + 1 + pk["offsets"]  # (B, Tp): every candidate starts after <self>
-    mask = packed_attention_mask(ctx["attention_mask"], pk["segment"], h_ctx.dtype)
-    h, _ = model.hidden(pk["input_ids"], mask, pos, cache)  # (B, Tp, H)
-    rows = torch.arange(B, device=dev)[:, None]
-    nup = model.head(h[rows, pk["clf"]]).squeeze(-1).float() if model.head is not None else None  # (B, C)
-    lm_sum = torch.full((B, C), float("nan"), device=dev)
-    lm_n = torch.zeros((B, C), dtype=torch.long, device=dev)
+    labelled = [lm_rows == "all" or (lm_rows == "gold" and r % C == C - 1) for r in range(B * C)]
+    b = candidate_batch(_candidate_ids(model, candidates), model.ids.pad, labelled if lm_rows != "none" else None)
+    out = model(ctx["input_ids"], ctx["attention_mask"], ctx["position_ids"],
+                candidates={k: v.to(model.device) for k, v in b.items()})
+    nup = out["nup_logits"].view(B, C) if model.head is not None else None
+    lm_sum = torch.full((B * C,), float("nan"), device=model.device)
+    lm_n = torch.zeros(B * C, dtype=torch.long, device=model.device)
     if lm_rows != "none":
-        # token t of a candidate is predicted from the position before it: <self> (h_ctx) for its first token
-        start = pk["offsets"] == 0
-        prev = torch.cat([h_ctx[:, -1:], h[:, :-1]], 1)  # (B, Tp, H)
-        pred = torch.where(start[..., None], h_ctx[:, -1:].expand_as(h), prev)
-        keep = pk["segment"] >= 0
-        if lm_rows == "gold":
-            keep &= pk["segment"] == C - 1
-        tok = -F.cross_entropy(model.lm_logits(pred[keep]).float(), pk["input_ids"][keep], reduction="none")
-        seg = (rows * C + pk["segment"])[keep]  # (M,) flat candidate index
-        labelled = torch.bincount(seg, minlength=B * C).view(B, C) > 0
-        lm_sum = torch.where(labelled, torch.zeros(B * C, device=dev).index_add(0, seg, tok).view(B, C), lm_sum)
-        lm_n = torch.bincount(seg, minlength=B * C).view(B, C)
-    return {"nup": nup, "lm_sum": lm_sum, "lm_n": lm_n}
+        tok = -F.cross_entropy(out["lm_logits"], out["lm_targets"], reduction="none")  # (M,)
+        keep = torch.tensor(labelled, device=model.device)
+        lm_sum[keep] = torch.zeros(B * C, device=model.device).index_add(0, out["lm_rows"], tok)[keep]
+        lm_n = torch.bincount(out["lm_rows"], minlength=B * C)
+    return {"nup": nup, "lm_sum": lm_sum.view(B, C), "lm_n": lm_n.view(B, C)}
 
 
 @torch.no_grad()

@@ -476,9 +476,9 @@ def test_length_sorted_batches_keep_every_reply_in_its_place(tiny):
 
 
 def test_packed_candidates_see_the_context_and_only_themselves():
-    from p2bot_utils.transmitter_eval import packed_attention_mask, packed_candidates
+    from p2bot_utils.packing import pack_lists, packed_attention_mask
 
-    pk = packed_candidates([[[5, 9], [6, 7, 9]], [[8, 9], [9]]], pad=0)
+    pk = pack_lists([[5, 9], [6, 7, 9], [8, 9], [9]], C=2)
     assert pk["input_ids"].tolist() == [[5, 9, 6, 7, 9], [8, 9, 9, 0, 0]]
     assert pk["offsets"].tolist() == [[0, 1, 0, 1, 2], [0, 1, 0, 0, 0]]
     assert pk["segment"].tolist() == [[0, 0, 1, 1, 1], [0, 0, 1, -1, -1]]
