@@ -45,29 +45,23 @@ def matmul_peak_flops(device: str, n: int = 2048, repeats: int = 5) -> tuple[flo
     return 2 * n ** 3 / sec, str(dtype).replace("torch.", "")
 
 
-def transmitter_train_flops(model, batch: dict) -> float:
-    """Model FLOPs of one training step (forward + backward = 3 × forward): 2·N_body per token for the
-    non-embedding weights, 2·V·H per LABELLED token for the LM head (computed only there, Eq. 1), and
-    4·L·T·H per token for attention scores and values (causal masking not discounted)."""
-    cfg = model.lm.config.get_text_config()
-    emb = model.lm.get_input_embeddings().weight
-    V, H, L = emb.shape[0], emb.shape[1], cfg.num_hidden_layers
-    n_body = sum(p.numel() for n, p in model.lm.named_parameters() if p.data_ptr() != emb.data_ptr()
-                 and "wpe" not in n)
-    tokens = int(batch["attention_mask"].sum())
-    labelled = int((batch["labels"] != -100).sum())
-    T = batch["input_ids"].shape[1]
-    fwd = 2 * n_body * tokens + 2 * V * H * labelled + 4 * L * T * H * tokens
-    return 3.0 * fwd
-
-
 def forward_flops(model, tokens: int, lm_tokens: int) -> float:
-    """Model FLOPs of a forward pass over ``tokens`` tokens, ``lm_tokens`` of them through the LM head
-    (2·N_body per token, 2·V·H per LM-head token; attention scores not counted: small at these lengths)."""
+    """Model FLOPs of a forward pass over ``tokens`` tokens, ``lm_tokens`` of them through the LM head:
+    2·N_body per token for the non-embedding weights, 2·V·H per LM-head token (attention scores not counted)."""
     emb = model.lm.get_input_embeddings().weight
     n_body = sum(p.numel() for n, p in model.lm.named_parameters() if p.data_ptr() != emb.data_ptr()
                  and "wpe" not in n)
     return 2.0 * n_body * tokens + 2.0 * emb.shape[0] * emb.shape[1] * lm_tokens
+
+
+def transmitter_train_flops(model, batch: dict) -> float:
+    """Model FLOPs of one training step on full rows (forward + backward = 3 × forward): ``forward_flops``
+    with the LM head on the LABELLED tokens only (computed only there, Eq. 1), plus 4·L·T·H per token for
+    attention scores and values (causal masking not discounted)."""
+    H, L = model.lm.get_input_embeddings().weight.shape[1], model.lm.config.get_text_config().num_hidden_layers
+    tokens = int(batch["attention_mask"].sum())
+    attention = 4 * L * batch["input_ids"].shape[1] * H * tokens
+    return 3.0 * (forward_flops(model, tokens, int((batch["labels"] != -100).sum())) + attention)
 
 
 def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
