@@ -3,6 +3,7 @@ function-level imports of the project's own modules), modules stay small, the RE
 from __future__ import annotations
 
 import ast
+import json
 import re
 from pathlib import Path
 
@@ -104,3 +105,35 @@ def test_license_matches_pyproject():
 def test_silence_is_spelled_once():
     spelled = [p.name for p in PKG.glob("*.py") if re.search(r'^\s*SILENCE\s*=', p.read_text(encoding="utf-8"), re.M)]
     assert spelled == ["episodes.py"]
+
+
+def repeated_block(lines: list[str], min_lines: int = 2) -> int | None:
+    """First line number (1-based) where a block of >= ``min_lines`` non-blank lines is followed at once by the
+    same block again: the mark of an edit script that ran twice. None when there is none."""
+    for size in range(min_lines, len(lines) // 2 + 1):
+        for i in range(len(lines) - 2 * size + 1):
+            block = lines[i:i + size]
+            if all(s.strip() for s in block) and block == lines[i + size:i + 2 * size]:
+                return i + 1
+    return None
+
+
+def test_repeated_block_on_hand_made_lines():
+    assert repeated_block(["a = 1", "if x:", "    f()", "if x:", "    f()", "b"]) == 2
+    assert repeated_block(["a", "a", "b"]) is None  # one repeated line is not a block (e.g. two blank prints)
+    assert repeated_block(["if x:", "    f()", "", "if x:", "    f()"]) is None  # not back to back
+
+
+def _code_sources() -> dict[str, list[str]]:
+    out = {p.name: p.read_text(encoding="utf-8").splitlines() for p in sorted(PKG.glob("*.py"))}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]
+        for k, cell in enumerate(cells):
+            if cell["cell_type"] == "code":
+                out[f"{nb.name} cell {k}"] = "".join(cell["source"]).splitlines()
+    return out
+
+
+def test_no_code_block_is_written_twice_in_a_row():
+    twice = {name: line for name, lines in _code_sources().items() if (line := repeated_block(lines)) is not None}
+    assert not twice, f"a block repeated back to back (an edit applied twice?) at: {twice}"
