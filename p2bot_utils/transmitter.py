@@ -27,6 +27,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from p2bot_utils.episodes import is_silence
 from p2bot_utils.errors import CheckpointError
 from p2bot_utils.lm_likelihood import utterance_log_likelihood
+from p2bot_utils.openai_gpt import with_kv_cache
 from p2bot_utils.packing import pack_rows, packed_attention_mask
 from p2bot_utils.profile import staged_dir
 
@@ -132,7 +133,7 @@ class Transmitter(nn.Module):
 
     def __init__(self, lm, tokenizer, config: TransmitterConfig):
         super().__init__()
-        self.lm, self.tokenizer, self.config = lm, tokenizer, config
+        self.lm, self.tokenizer, self.config = with_kv_cache(lm), tokenizer, config  # openai-gpt: a KV cache
         hidden = lm.config.get_text_config().hidden_size
         self.head = nn.Sequential(nn.Dropout(config.head_dropout), nn.Linear(hidden, 1)) \
             if config.use_nup_head else None
@@ -189,7 +190,8 @@ class Transmitter(nn.Module):
 
     @property
     def supports_cache(self) -> bool:
-        """Whether the backbone keeps a KV cache (GPT-2, Llama: yes; openai-gpt: no, callers recompute)."""
+        """Whether the backbone keeps a KV cache (GPT-2, Llama, openai-gpt through ``openai_gpt``: yes; a model
+        without one is scored and decoded by recomputing full rows)."""
         import inspect
 
         return "cache" in inspect.signature(self.lm.base_model.forward).parameters

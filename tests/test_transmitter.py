@@ -1,6 +1,7 @@
 """The Transmitter as a specification: layout, NUP head position, distractors, Eq. 3, save/load, resume, ranking."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 
@@ -30,6 +31,20 @@ def _episode(eid: str, persona, replies, cands=()):
 def tiny():
     torch.manual_seed(0)
     return build_transmitter("tiny-gpt2", "full", max_len=64, max_reply_tokens=12).eval()
+
+
+@pytest.fixture(scope="module")
+def gpt1(tiny):
+    """A tiny openai-gpt Transmitter (the paper's backbone family), with the KV cache of ``openai_gpt``."""
+    from transformers import AutoTokenizer, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+
+    from p2bot_utils.transmitter import TransmitterConfig
+
+    tok = AutoTokenizer.from_pretrained(tiny.tokenizer.name_or_path)
+    tok.pad_token = tiny.tokenizer.pad_token
+    torch.manual_seed(0)
+    lm = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tok), n_layer=2, n_head=2, n_embd=32, n_positions=128))
+    return Transmitter.from_backbone(lm, tok, TransmitterConfig(max_len=64, max_reply_tokens=8)).eval()
 
 
 # --- layout -----------------------------------------------------------------------------------------------
@@ -139,7 +154,9 @@ def test_collate_puts_lm_labels_on_gold_replies_only(tiny):
 
 
 @pytest.mark.parametrize("k, nup_loss", [(1, "binary"), (3, "softmax"), (3, "binary")])
-def test_shared_context_training_batch_gives_the_losses_and_gradients_of_full_rows(tiny, k, nup_loss):
+@pytest.mark.parametrize("backbone", ["tiny", "gpt1"])  # KV cache (GPT-2) | one full row per context (openai-gpt)
+def test_shared_context_training_batch_gives_the_losses_and_gradients_of_full_rows(backbone, k, nup_loss, request):
+    tiny = request.getfixturevalue(backbone)
     eps = [_episode(str(i), [f"i am person {i} .", "i like tea ."], [f"reply number {i} {j} ." for j in range(3)])
            for i in range(5)]
     ex = make_examples(tiny.tokenizer, eps, seed=1, n_distractors=k)[::3]
@@ -342,34 +359,39 @@ def test_lm_log_likelihood_for_transmitter_and_plain_backbone(tiny):
         lm_log_likelihood(tiny.lm, None, None, REPLIES)
 
 
-def test_a_backbone_without_kv_cache_still_samples_ranks_and_generates(tiny):
-    from transformers import AutoTokenizer, OpenAIGPTConfig, OpenAIGPTLMHeadModel
+def test_a_backbone_without_kv_cache_still_samples_ranks_and_generates(tiny, gpt1):
+    from transformers.models.openai.modeling_openai import OpenAIGPTLMHeadModel, OpenAIGPTModel
 
-    from p2bot_utils.transmitter import TransmitterConfig
-
-    tok = AutoTokenizer.from_pretrained(tiny.tokenizer.name_or_path)
-    tok.pad_token = tiny.tokenizer.pad_token
-    torch.manual_seed(0)
-    lm = OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=len(tok), n_layer=1, n_head=2, n_embd=32, n_positions=128))
-    m = Transmitter.from_backbone(lm, tok, TransmitterConfig(max_len=64, max_reply_tokens=8)).eval()
-    assert not m.supports_cache and tiny.supports_cache
+    m = copy.deepcopy(gpt1)  # GPT-1 as Hugging Face ships it: no KV cache
+    m.lm.__class__, m.lm.transformer.__class__ = OpenAIGPTLMHeadModel, OpenAIGPTModel
+    assert not m.supports_cache and gpt1.supports_cache and tiny.supports_cache
+    torch.testing.assert_close(rank_candidates(m, PERSONAS, HISTORIES, [["a b", r] for r in REPLIES])["nup"],
+                               rank_candidates(gpt1, PERSONAS, HISTORIES, [["a b", r] for r in REPLIES])["nup"])
     s = sample_replies(m, PERSONAS, HISTORIES, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
     for a, b in zip(sequence_log_probs(m, PERSONAS, HISTORIES, s.token_ids), s.log_probs):
         torch.testing.assert_close(a.detach(), b, atol=1e-4, rtol=1e-4)
-    r = rank_candidates(m, PERSONAS, HISTORIES, [["a b", r] for r in REPLIES])
-    assert r["nup"].shape == (3, 2)
-    assert len(generate_replies(m, PERSONAS, HISTORIES, max_new_tokens=4)) == 3
+    cached = sample_replies(gpt1, PERSONAS, HISTORIES, max_new_tokens=4, generator=torch.Generator().manual_seed(0))
+    assert cached.token_ids == s.token_ids  # the same draws with and without the cache
+    for a, b in zip(cached.log_probs, s.log_probs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    kw = dict(max_new_tokens=4, return_beams=True)
+    one_by_one = [generate_replies(m, [p], [h], **kw)[0] for p, h in zip(PERSONAS, HISTORIES)]  # no padding
+    for a, b in zip(generate_replies(gpt1, PERSONAS, HISTORIES, batch_size=3, **kw), one_by_one):  # cached, padded
+        assert a["beams"] == b["beams"] and a["reply"] == b["reply"]
+        torch.testing.assert_close(torch.tensor(a["lm_norm"]), torch.tensor(b["lm_norm"]), atol=1e-4, rtol=1e-4)
 
 
 # --- evaluation -------------------------------------------------------------------------------------------
-def test_shared_context_ranking_equals_per_pair_scoring(tiny):
+@pytest.mark.parametrize("backbone", ["tiny", "gpt1"])  # KV cache (GPT-2) | one full row per context (openai-gpt)
+def test_shared_context_ranking_equals_per_pair_scoring(backbone, request):
+    model = request.getfixturevalue(backbone)
     cands = [["a b", "c d e", r] for r in REPLIES]
-    shared = rank_candidates(tiny, PERSONAS, HISTORIES, cands, lm_rows="all")
-    pair = rank_candidates_per_pair(tiny, PERSONAS, HISTORIES, cands)
+    shared = rank_candidates(model, PERSONAS, HISTORIES, cands, lm_rows="all")
+    pair = rank_candidates_per_pair(model, PERSONAS, HISTORIES, cands)
     torch.testing.assert_close(shared["nup"], pair["nup"], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared["lm_sum"], pair["lm_sum"], atol=1e-3, rtol=1e-5)
     assert torch.equal(shared["lm_n"], pair["lm_n"])
-    gold = rank_candidates(tiny, PERSONAS, HISTORIES, cands, lm_rows="gold")
+    gold = rank_candidates(model, PERSONAS, HISTORIES, cands, lm_rows="gold")
     torch.testing.assert_close(gold["lm_sum"][:, -1], pair["lm_sum"][:, -1], atol=1e-3, rtol=1e-5)
 
 
