@@ -80,7 +80,8 @@ def test_the_bottom_layers_import_nothing_above_them():
     assert graph["metrics"] == set() and graph["errors"] == set() and graph["episodes"] <= {"errors"}
     assert graph["profile"] <= {"errors", "profile_check"} and graph["profile_check"] <= {"errors"}
     data_side = {"episodes", "data_files", "data_split", "data", "sides", "ir"}
-    models = {"transmitter", "decoding", "receiver", "backbones", "lm_likelihood", "training", "checkpoints", "openai_gpt"}
+    models = {"transmitter", "decoding", "receiver", "backbones", "lm_likelihood", "training", "checkpoints",
+              "openai_gpt"}
     for name in data_side:  # data code never imports model code
         assert not graph[name] & models, f"{name} imports model code: {graph[name] & models}"
 

@@ -55,9 +55,8 @@ def test_generate_with_the_cache_equals_generate_without(pair):
 
 
 def test_a_transmitter_on_gpt1_saves_and_loads_with_its_cache(tmp_path):
-    from p2bot_utils.transmitter import Transmitter, TransmitterConfig
-
     from p2bot_utils.backbones import load_causal_lm
+    from p2bot_utils.transmitter import Transmitter, TransmitterConfig
 
     _, tok = load_causal_lm("tiny-gpt2")
     torch.manual_seed(0)
