@@ -128,7 +128,7 @@ class ReceiverScorer:
 
     def warm(self, texts: Sequence[str], which: str) -> None:
         """Encode the not-yet-cached texts in batches (tqdm), keyed by (which, text)."""
-        todo = list(dict.fromkeys(t for t in texts if (which, t) not in self.cache))
+        todo = sorted(dict.fromkeys(t for t in texts if (which, t) not in self.cache), key=len)  # batches pad less
         for i in tqdm(range(0, len(todo), self.batch_size), desc=f"encode {which}", disable=len(todo) < 256):
             chunk = todo[i: i + self.batch_size]
             with torch.no_grad():
@@ -158,6 +158,17 @@ class ReceiverScorer:
 
     def sentences(self, side: DialogueSide, sentences: Sequence[str]) -> np.ndarray:
         return self._c(side, [(s,) for s in sentences])  # c(x, {s}) = mean_i U_is
+
+
+def margin_accuracy(scorer: ReceiverScorer, examples) -> tuple[float, int]:
+    """Share of training-style examples (``sides.build_examples``: ``utterances``, ``persona``, ``distractor``)
+    whose true persona scores above the distractor under Eq. 14 (ties count as losses), and their number."""
+    if not examples:
+        raise ValueError("margin_accuracy: no examples")
+    scorer.warm([u for e in examples for u in e.utterances], "impression")
+    scorer.warm([s for e in examples for s in (*e.persona, *e.distractor)], "persona")
+    wins = [float(c[0] > c[1]) for c in (scorer.personas(e, [e.persona, e.distractor]) for e in examples)]
+    return sum(wins) / len(wins), len(wins)
 
 
 # --- the study ----------------------------------------------------------------------------------------

@@ -150,6 +150,26 @@ def test_receiver_scorer_matches_the_receivers_own_cumulative_scores(tokenizer):
     assert np.allclose(got, r.cumulative_scores(side.utterances, cands).numpy(), atol=1e-5)
 
 
+def test_margin_accuracy_counts_strict_wins_of_the_true_persona_over_the_distractor(tokenizer):
+    from types import SimpleNamespace
+
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    enc = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
+                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=64))
+    r = rc.Receiver(rc.ReceiverConfig(backbone="tiny-bert", max_length=16), enc, tokenizer).eval()
+    side = _probe_sides()[0]
+    c = r.cumulative_scores(side.utterances, [e.sentences for e in _pool()]).numpy()
+    win, lose = _pool()[int(c.argmax())].sentences, _pool()[int(c.argmin())].sentences
+    assert c.max() > c.min()
+    ex = [SimpleNamespace(utterances=side.utterances, persona=p, distractor=d) for p, d in [(win, lose), (lose, win),
+                                                                                              (win, win)]]
+    assert pb.margin_accuracy(pb.ReceiverScorer(r), ex) == (pytest.approx(1 / 3), 3)  # a tie is no win
+    with pytest.raises(ValueError, match="no examples"):
+        pb.margin_accuracy(pb.ReceiverScorer(r), [])
+
+
 # --- on the real data (skipped without P2BOT_DATA_DIR) ---------------------------------------------------
 def test_real_sides_are_split_by_persona_group_in_both_modes():
     d = os.environ.get("P2BOT_DATA_DIR")
