@@ -354,6 +354,19 @@ def update_manifest(results_dir: str | os.PathLike, notebook: str, params: dict[
     manifest["notebooks"][notebook] = {
         "commit": git_commit(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine_info(),
         "wall_time_s": None if wall_time_s is None else round(wall_time_s, 1), "phase_seconds": phases,
-        "params": params, **facts,
+        "params": relative_paths(params), **relative_paths(facts),
     }
     return atomic_write_json(path, manifest)
+
+
+def relative_paths(obj: Any, root: str | os.PathLike | None = None) -> Any:
+    """``obj`` (dicts, lists, tuples, strings) with every absolute path that exists made relative to the repository
+    (``runs/demo/transmitter``, ``../shared/data/...``), so that a committed manifest names no one's home."""
+    root = Path(root or repo_root()).resolve()
+    if isinstance(obj, dict):
+        return {k: relative_paths(v, root) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(relative_paths(v, root) for v in obj)
+    if isinstance(obj, str) and os.path.isabs(obj) and (os.path.exists(obj) or Path(obj).is_relative_to(root)):
+        return os.path.relpath(obj, root)  # a path on this machine (or one to come in the repository), not a text
+    return obj

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -143,6 +144,19 @@ def test_manifest_records_commit_params_and_wall_time(tmp_path):
     entry = m["notebooks"]["00_data"]
     assert entry["wall_time_s"] == 1.2 and entry["data_source"] == "sample"
     assert entry["params"] == {"profile": "smoke"} and entry["commit"] and "torch" in entry["machine"]
+
+
+def test_manifest_paths_are_relative_to_the_repository(tmp_path):
+    root = profile.repo_root()
+    runs = root / "runs"
+    profile.update_manifest(tmp_path, "02_receiver", {"profile": "smoke", "data_dir": str(tmp_path)}, 1.0,
+                            receiver_dir=str(root / "configs"), models=[str(root / "notebooks")],
+                            note="/not/a/path on this machine", missing=str(runs / "never-made-xyz"))
+    entry = json.loads((tmp_path / "manifest.json").read_text())["notebooks"]["02_receiver"]
+    assert entry["receiver_dir"] == "configs" and entry["models"] == ["notebooks"]
+    assert entry["params"]["data_dir"] == os.path.relpath(tmp_path, root)  # outside: ../.. as needed
+    assert entry["note"] == "/not/a/path on this machine"  # a text, not a path here: untouched
+    assert entry["missing"] == "runs/never-made-xyz"  # not made yet, but inside the repository
 
 
 def test_write_table_writes_csv_and_markdown(tmp_path):
