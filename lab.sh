@@ -5,6 +5,8 @@
 # As root it adds --allow-root. On a remote machine: ssh -L 8888:127.0.0.1:8888 HOST, then ./lab.sh there and
 # open the printed URL here. Extra arguments go to `jupyter lab`. Clear outputs before committing a notebook.
 set -euo pipefail
+# the notebooks run in notebooks/: a relative P2BOT_DATA_DIR means relative to where you typed the command
+if [ -n "${P2BOT_DATA_DIR:-}" ]; then P2BOT_DATA_DIR="$(realpath -m -- "$P2BOT_DATA_DIR")"; export P2BOT_DATA_DIR; fi
 cd "$(dirname "$0")"
 source scripts/bootstrap.sh
 unset MPLBACKEND   # bootstrap sets Agg for batch runs; in Lab the figures show inline

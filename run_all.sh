@@ -3,6 +3,8 @@
 #   ./run_all.sh [--profile smoke|demo|paper|paper-dryrun] [--only NN]
 # Executed copies go to build/notebooks/<profile>/; tables to results/<profile>/, figures to figures/<profile>/.
 set -euo pipefail
+# the notebooks run in notebooks/: a relative P2BOT_DATA_DIR means relative to where you typed the command
+if [ -n "${P2BOT_DATA_DIR:-}" ]; then P2BOT_DATA_DIR="$(realpath -m -- "$P2BOT_DATA_DIR")"; export P2BOT_DATA_DIR; fi
 cd "$(dirname "$0")"
 PROFILE=demo
 ONLY=""

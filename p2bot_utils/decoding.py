@@ -92,7 +92,7 @@ def length_sorted_chunks(lengths: Sequence[int], batch_size: int) -> list[list[i
 def prefill_contexts(model: Transmitter, personas, histories):
     """Left-padded contexts and the KV cache of everything before their final ``<self>`` (computed ONCE per
     context: beam search and the Eq. 3 re-scoring of its beams both start from it). The cache is None for a
-    backbone that keeps none (openai-gpt)."""
+    backbone that keeps none (e.g. GPT-1 as Hugging Face ships it; ours gets one from ``openai_gpt``)."""
     b = layout_batch(model, personas, histories, None, side="left")  # every row ends with <self>
     if not model.supports_cache:
         return b, None

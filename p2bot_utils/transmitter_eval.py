@@ -51,7 +51,7 @@ def rank_candidates(model: Transmitter, personas, histories, candidates, lm_rows
     if lm_rows not in ("all", "gold", "none"):
         raise ValueError(f"rank_candidates: lm_rows must be 'all', 'gold' or 'none', got {lm_rows!r}")
     B, C = len(personas), len(candidates[0])
-    if not model.supports_cache:  # e.g. openai-gpt: no KV cache, score each pair in full
+    if not model.supports_cache:  # a backbone without a KV cache: score each pair in full
         return rank_candidates_per_pair(model, personas, histories, candidates, with_lm=lm_rows != "none")
     ctx = layout_batch(model, personas, histories, None, side="left")  # (B, Tc), ends with <self>
     labelled = [lm_rows == "all" or (lm_rows == "gold" and r % C == C - 1) for r in range(B * C)]

@@ -84,8 +84,9 @@ class TransmitterCollator:
     1 (gold) / 0 (distractor).
 
     ``shared_context=True`` lays out each context once and its C replies apart (``Transmitter.forward(...,
-    candidates=...)`` runs the context once on a repeated KV cache: K distractors cost little more than one);
-    ``False`` lays out C full rows per example, for backbones without a KV cache (openai-gpt). Both give the
+    candidates=...)`` runs the context once and packs its replies into one row: K distractors cost little more
+    than one);
+    ``False`` lays out C full rows per example, for backbones without a KV cache (the reference). Both give the
     same losses (tested)."""
 
     ids: SpecialIds

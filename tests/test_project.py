@@ -195,3 +195,19 @@ def test_bench_transmitter_reports_every_ratio_with_its_flops():
     for key in ("train_mfu", "train_shared_mfu", "rank_speedup", "rank_fraction_of_peak", "gen_speedup", "gen_fraction_of_peak_batched",
                 "gen_gflop_per_reply", "rank_gflop_per_turn"):
         assert res[key] > 0, key
+
+
+@pytest.mark.parametrize("script", ["run_all.sh", "lab.sh"])
+def test_a_relative_data_dir_is_taken_from_where_the_command_was_typed(tmp_path, script):
+    """The notebooks run in notebooks/, so the scripts make P2BOT_DATA_DIR absolute before they cd anywhere."""
+    import subprocess
+
+    text = (ROOT / script).read_text(encoding="utf-8")
+    line = next(ln for ln in text.splitlines() if ln.startswith('if [ -n "${P2BOT_DATA_DIR:-}" ]'))
+    assert text.index(line) < text.index('cd "$(dirname "$0")"')
+    out = subprocess.run(["bash", "-c", f'{line}\necho "$P2BOT_DATA_DIR"'], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "P2BOT_DATA_DIR": "../data/convai2"}, check=True).stdout
+    assert out.strip() == str((tmp_path / "../data/convai2").resolve())
+    unset = {k: v for k, v in os.environ.items() if k != "P2BOT_DATA_DIR"}
+    assert subprocess.run(["bash", "-c", f'set -u\n{line}\necho "${{P2BOT_DATA_DIR:-unset}}"'], cwd=tmp_path,
+                          capture_output=True, text=True, env=unset, check=True).stdout.strip() == "unset"
