@@ -137,13 +137,18 @@ def test_probe_random_and_ir_on_a_hand_made_case():
     assert 0.0 < ir["mrr"] <= 1.0 and ir["hits@1_se"] == 0.0
 
 
-def test_receiver_scorer_matches_the_receivers_own_cumulative_scores(tokenizer):
+def _tiny_receiver(tokenizer) -> rc.Receiver:
+    """A seeded 1-layer BERT Receiver on the MiniLM vocabulary."""
     from transformers import BertConfig, BertModel
 
     torch.manual_seed(0)
     enc = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
                                num_attention_heads=2, intermediate_size=32, max_position_embeddings=64))
-    r = rc.Receiver(rc.ReceiverConfig(backbone="tiny-bert", max_length=16), enc, tokenizer).eval()
+    return rc.Receiver(rc.ReceiverConfig(backbone="tiny-bert", max_length=16), enc, tokenizer).eval()
+
+
+def test_receiver_scorer_matches_the_receivers_own_cumulative_scores(tokenizer):
+    r = _tiny_receiver(tokenizer)
     side = _probe_sides()[0]
     cands = [("i like cats", "i am tall"), ("i play piano",)]
     got = pb.ReceiverScorer(r).personas(side, cands)
@@ -153,12 +158,7 @@ def test_receiver_scorer_matches_the_receivers_own_cumulative_scores(tokenizer):
 def test_margin_accuracy_counts_strict_wins_of_the_true_persona_over_the_distractor(tokenizer):
     from types import SimpleNamespace
 
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    enc = BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1,
-                               num_attention_heads=2, intermediate_size=32, max_position_embeddings=64))
-    r = rc.Receiver(rc.ReceiverConfig(backbone="tiny-bert", max_length=16), enc, tokenizer).eval()
+    r = _tiny_receiver(tokenizer)
     side = _probe_sides()[0]
     c = r.cumulative_scores(side.utterances, [e.sentences for e in _pool()]).numpy()
     win, lose = _pool()[int(c.argmax())].sentences, _pool()[int(c.argmin())].sentences
