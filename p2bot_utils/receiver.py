@@ -187,6 +187,20 @@ def unpack(flat: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch
     return out, mask
 
 
+def length_buckets(lengths: torch.Tensor, mask: torch.Tensor, min_rows: int = 16,
+                   max_buckets: int = 4) -> list[torch.Tensor]:
+    """Row indices of (N,) ``lengths`` in at most ``max_buckets`` groups of similar length (sorted, equal
+    counts, at least ``min_rows`` rows each so every encoder call keeps a large matmul). One group when the
+    batch is small or not right-padded (cutting columns would then drop real tokens)."""
+    n = int(lengths.numel())
+    k = min(max_buckets, n // min_rows)
+    right_padded = bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all())
+    if k <= 1 or not right_padded:
+        return [torch.arange(n, device=lengths.device)]
+    order = torch.argsort(lengths, stable=True)
+    return [chunk for chunk in torch.tensor_split(order, k) if chunk.numel()]
+
+
 # --- the model ---------------------------------------------------------------------------------------
 def _freeze_lower_layers(encoder: nn.Module, train_layers: int) -> None:
     """Keep only the top ``train_layers`` transformer blocks trainable (-1 = everything, the paper)."""
@@ -238,10 +252,24 @@ class Receiver(nn.Module):
         return int(self.impression_encoder.config.hidden_size)
 
     def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor, which: str) -> torch.Tensor:
-        """(N, T) token ids -> (N, d) masked-mean-pooled embeddings from the impression / persona encoder."""
+        """(N, T) token ids -> (N, d) masked-mean-pooled embeddings from the impression / persona encoder.
+
+        The texts are encoded in length buckets (``length_buckets``), each cut to its own longest text, so a
+        batch of short persona sentences does not pay for one long utterance; the result is the same as one
+        padded call (padding is masked out of attention and pooling), up to float rounding."""
         enc = {"impression": self.impression_encoder, "persona": self.persona_encoder}[which]
-        hidden = enc(input_ids=ids, attention_mask=mask).last_hidden_state  # (N, T, d)
-        return masked_mean_pool(hidden, mask)
+        lengths = mask.sum(1)
+        buckets = length_buckets(lengths, mask)
+        if len(buckets) == 1:
+            hidden = enc(input_ids=ids, attention_mask=mask).last_hidden_state  # (N, T, d)
+            return masked_mean_pool(hidden, mask)
+        parts = []
+        for rows in buckets:
+            t = int(lengths[rows].max())
+            hidden = enc(input_ids=ids[rows, :t], attention_mask=mask[rows, :t]).last_hidden_state
+            parts.append(masked_mean_pool(hidden, mask[rows, :t]))
+        order = torch.cat(buckets)
+        return torch.cat(parts)[torch.argsort(order)]  # back to the input order
 
     def encode_packed(self, packed: dict, which: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A ``pack_texts`` dict -> (B, L, d) embeddings and (B, L) mask."""

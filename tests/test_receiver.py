@@ -43,6 +43,30 @@ def test_encoder_embedding_of_a_text_does_not_depend_on_the_padding_of_its_batch
     assert torch.allclose(alone[0], padded[0], atol=1e-5)
 
 
+def test_length_buckets_group_sorted_lengths_in_equal_counts_and_cover_every_row_once():
+    lengths = torch.tensor([5, 1, 4, 2, 8, 3, 7, 6])
+    mask = (torch.arange(8) < lengths[:, None]).long()
+    buckets = rc.length_buckets(lengths, mask, min_rows=2, max_buckets=3)
+    assert [lengths[b].tolist() for b in buckets] == [[1, 2, 3], [4, 5, 6], [7, 8]]
+    assert sorted(torch.cat(buckets).tolist()) == list(range(8))
+    assert len(rc.length_buckets(lengths, mask, min_rows=16)) == 1  # too few rows: one call
+    left = mask.flip(1)  # left padding: cutting columns would drop tokens, so no buckets
+    assert len(rc.length_buckets(lengths, left, min_rows=2)) == 1
+
+
+def test_bucketed_encoding_equals_one_padded_call_and_keeps_gradients(tokenizer):
+    r = tiny_receiver(tokenizer)
+    texts = [("short " * (1 + i % 7)).strip() for i in range(40)] + ["a longer sentence " * 3] * 8
+    packed = rc.pack_texts(tokenizer, [texts], 16)
+    ids, mask = packed["ids"], packed["mask"]
+    assert len(rc.length_buckets(mask.sum(1), mask)) > 1  # the case under test
+    bucketed = r.encode_tokens(ids, mask, "impression")
+    hidden = r.impression_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(bucketed, rc.masked_mean_pool(hidden, mask), atol=1e-5)
+    bucketed.sum().backward()
+    assert r.impression_encoder.encoder.layer[0].output.dense.weight.grad.abs().sum() > 0
+
+
 def test_relevance_is_the_dot_product_scaled_by_sqrt_d():
     H = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # n=2, d=4
     W = torch.tensor([[2.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])  # m=3
