@@ -195,6 +195,8 @@ def test_bench_transmitter_reports_every_ratio_with_its_flops():
     for key in ("train_mfu", "train_shared_mfu", "rank_speedup", "rank_fraction_of_peak", "gen_speedup", "gen_fraction_of_peak_batched",
                 "gen_gflop_per_reply", "rank_gflop_per_turn"):
         assert res[key] > 0, key
+    assert res["matmul_peak_tflops"] >= res["matmul_peak_tflops_first"] > 0  # the higher of before and after
+    assert res["train_mfu"] == pytest.approx(res["train_model_flops_per_s"] / (res["matmul_peak_tflops"] * 1e12))
 
 
 @pytest.mark.parametrize("script", ["run_all.sh", "lab.sh"])
