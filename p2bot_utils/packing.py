@@ -5,7 +5,8 @@ The context runs once and keeps its KV cache; its C replies are laid end to end 
 attention mask lets each reply token see the context and the earlier tokens of ITS OWN reply only, with
 positions restarting after the context for every reply. That is exactly the computation of C separate
 (context, reply) rows (tested), without padding every reply to the longest and without copying the
-context's cache C times. Pure tensor code: no model, no tokenizer.
+context's cache C times. ``length_buckets`` does the same job for an encoder's batch of short texts (the
+Receiver): length-sorted groups, each cut to its own longest. Pure tensor code: no model, no tokenizer.
 """
 from __future__ import annotations
 
@@ -63,3 +64,17 @@ def packed_attention_mask(ctx_mask: torch.Tensor, segment: torch.Tensor, dtype: 
     same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0) & causal  # (B, Tp, Tp)
     see = torch.cat([ctx_mask.bool()[:, None, :].expand(-1, Tp, -1), same], -1)  # (B, Tp, Tc + Tp)
     return torch.zeros(see.shape, dtype=dtype, device=see.device).masked_fill(~see, torch.finfo(dtype).min)[:, None]
+
+
+def length_buckets(lengths: torch.Tensor, mask: torch.Tensor, min_rows: int = 16,
+                   max_buckets: int = 4) -> list[torch.Tensor]:
+    """Row indices of (N,) ``lengths`` in at most ``max_buckets`` groups of similar length (sorted, equal
+    counts, at least ``min_rows`` rows each so every encoder call keeps a large matmul). One group when the
+    batch is small or not right-padded (cutting columns would then drop real tokens)."""
+    n = int(lengths.numel())
+    k = min(max_buckets, n // min_rows)
+    right_padded = bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all())
+    if k <= 1 or not right_padded:
+        return [torch.arange(n, device=lengths.device)]
+    order = torch.argsort(lengths, stable=True)
+    return [chunk for chunk in torch.tensor_split(order, k) if chunk.numel()]

@@ -31,6 +31,7 @@ _UNIT = (lambda v: 0 <= v <= 1, "in [0, 1]")
 RANGES = [  # (key pattern, test, what it must be); the first matching pattern applies
     ("*_max_steps", lambda v: v == -1 or v >= 1, "-1 (use num_epochs) or >= 1"),
     ("receiver_train_layers", lambda v: v == -1 or v >= 1, "-1 (all) or >= 1"),
+    ("selfplay_eval_batch_size", *_NONNEG),  # 0 = selfplay_batch_size
     ("*_head_dropout", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("*_n_candidates", lambda v: v >= 2, ">= 2"),
     ("*_lr", *_POS), ("*_temperature", *_POS), ("*_tau_start", *_POS), ("*_tau_end", *_POS),

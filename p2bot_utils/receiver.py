@@ -33,6 +33,7 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from p2bot_utils.backbones import load_encoder
 from p2bot_utils.errors import CheckpointError
+from p2bot_utils.packing import length_buckets
 from p2bot_utils.profile import atomic_write_json, staged_dir
 
 CONFIG_NAME, WEIGHTS_NAME = "receiver_config.json", "model.safetensors"
@@ -187,20 +188,6 @@ def unpack(flat: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch
     return out, mask
 
 
-def length_buckets(lengths: torch.Tensor, mask: torch.Tensor, min_rows: int = 16,
-                   max_buckets: int = 4) -> list[torch.Tensor]:
-    """Row indices of (N,) ``lengths`` in at most ``max_buckets`` groups of similar length (sorted, equal
-    counts, at least ``min_rows`` rows each so every encoder call keeps a large matmul). One group when the
-    batch is small or not right-padded (cutting columns would then drop real tokens)."""
-    n = int(lengths.numel())
-    k = min(max_buckets, n // min_rows)
-    right_padded = bool((mask.bool() == (torch.arange(mask.shape[1], device=mask.device) < lengths[:, None])).all())
-    if k <= 1 or not right_padded:
-        return [torch.arange(n, device=lengths.device)]
-    order = torch.argsort(lengths, stable=True)
-    return [chunk for chunk in torch.tensor_split(order, k) if chunk.numel()]
-
-
 # --- the model ---------------------------------------------------------------------------------------
 def _freeze_lower_layers(encoder: nn.Module, train_layers: int) -> None:
     """Keep only the top ``train_layers`` transformer blocks trainable (-1 = everything, the paper)."""
@@ -254,7 +241,7 @@ class Receiver(nn.Module):
     def encode_tokens(self, ids: torch.Tensor, mask: torch.Tensor, which: str) -> torch.Tensor:
         """(N, T) token ids -> (N, d) masked-mean-pooled embeddings from the impression / persona encoder.
 
-        The texts are encoded in length buckets (``length_buckets``), each cut to its own longest text, so a
+        The texts are encoded in length buckets (``packing.length_buckets``), each cut to its own longest text, so a
         batch of short persona sentences does not pay for one long utterance; the result is the same as one
         padded call (padding is masked out of attention and pooling), up to float rounding."""
         enc = {"impression": self.impression_encoder, "persona": self.persona_encoder}[which]

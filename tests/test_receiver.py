@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from p2bot_utils import receiver as rc
+from p2bot_utils.packing import length_buckets
 from p2bot_utils.errors import CheckpointError
 from p2bot_utils.receiver_train import train_receiver
 from p2bot_utils.sides import ReceiverExample
@@ -46,12 +47,12 @@ def test_encoder_embedding_of_a_text_does_not_depend_on_the_padding_of_its_batch
 def test_length_buckets_group_sorted_lengths_in_equal_counts_and_cover_every_row_once():
     lengths = torch.tensor([5, 1, 4, 2, 8, 3, 7, 6])
     mask = (torch.arange(8) < lengths[:, None]).long()
-    buckets = rc.length_buckets(lengths, mask, min_rows=2, max_buckets=3)
+    buckets = length_buckets(lengths, mask, min_rows=2, max_buckets=3)
     assert [lengths[b].tolist() for b in buckets] == [[1, 2, 3], [4, 5, 6], [7, 8]]
     assert sorted(torch.cat(buckets).tolist()) == list(range(8))
-    assert len(rc.length_buckets(lengths, mask, min_rows=16)) == 1  # too few rows: one call
+    assert len(length_buckets(lengths, mask, min_rows=16)) == 1  # too few rows: one call
     left = mask.flip(1)  # left padding: cutting columns would drop tokens, so no buckets
-    assert len(rc.length_buckets(lengths, left, min_rows=2)) == 1
+    assert len(length_buckets(lengths, left, min_rows=2)) == 1
 
 
 def test_bucketed_encoding_equals_one_padded_call_and_keeps_gradients(tokenizer):
@@ -59,7 +60,7 @@ def test_bucketed_encoding_equals_one_padded_call_and_keeps_gradients(tokenizer)
     texts = [("short " * (1 + i % 7)).strip() for i in range(40)] + ["a longer sentence " * 3] * 8
     packed = rc.pack_texts(tokenizer, [texts], 16)
     ids, mask = packed["ids"], packed["mask"]
-    assert len(rc.length_buckets(mask.sum(1), mask)) > 1  # the case under test
+    assert len(length_buckets(mask.sum(1), mask)) > 1  # the case under test
     bucketed = r.encode_tokens(ids, mask, "impression")
     hidden = r.impression_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
     assert torch.allclose(bucketed, rc.masked_mean_pool(hidden, mask), atol=1e-5)
