@@ -165,25 +165,37 @@ def generate_replies(model: Transmitter, personas, histories, *, num_beams: int 
     out = [None] * len(personas)
     chunks = length_sorted_chunks(context_lengths(model, personas, histories), batch_size)
     for idx in tqdm(chunks, disable=not show_progress, desc="generate", leave=False):
-        P, H, K = [personas[i] for i in idx], [histories[i] for i in idx], num_beams
+        P, H = [personas[i] for i in idx], [histories[i] for i in idx]
         b, cache = prefill_contexts(model, P, H)
-        if cache is None:
-            beams = _beam_search(model, b, None, K, max_new_tokens, block_ngram)
-            flat = [r for bs in beams for r in bs]
-            lm_sum, n_tok, logit = score_replies(model, [p for p in P for _ in range(K)],
-                                                 [h for h in H for _ in range(K)], reply_ids=flat)
-        else:
-            beams = _beam_search(model, b, copy.deepcopy(cache), K, max_new_tokens, block_ngram)
-            lm_sum, n_tok, logit = score_on_context(model, b, cache, [r for bs in beams for r in bs])
-        lm_norm = (lm_sum / n_tok.clamp(min=1)).view(-1, K)  # (B, K)
-        nup = None if logit is None else F.logsigmoid(logit).view(-1, K)
-        best = eq3_scores(lm_norm, nup, alpha).argmax(-1).tolist()
-        for i, bs in enumerate(beams):
-            text = _decode(model, bs[best[i]])
-            out[idx[i]] = text if not return_beams else {
-                "reply": text, "beams": [_decode(model, r) for r in bs], "lm_norm": lm_norm[i].tolist(),
-                "nup_logp": None if nup is None else nup[i].tolist(), "chosen": best[i]}
+        got = generate_on_prefill(model, b, cache, P, H, num_beams=num_beams, max_new_tokens=max_new_tokens,
+                                  alpha=alpha, block_ngram=block_ngram)
+        for i, o in zip(idx, got):
+            out[i] = o if return_beams else o["reply"]
     return out
+
+
+@torch.no_grad()
+@timed_phase("generation")
+def generate_on_prefill(model: Transmitter, b: dict, cache, personas, histories, *, num_beams: int = 2,
+                        max_new_tokens: int = 32, alpha: float = 0.1, block_ngram: int = 0) -> list[dict]:
+    """``generate_replies`` for one batch whose contexts already ran (``prefill_contexts``: ``b`` and its
+    ``cache``, consumed; None for a backbone without one, which then scores full rows of ``personas`` and
+    ``histories``): one dict per row with the chosen ``reply``, every beam and its two Eq. 3 scores."""
+    K = num_beams
+    if cache is None:
+        beams = _beam_search(model, b, None, K, max_new_tokens, block_ngram)
+        flat = [r for bs in beams for r in bs]
+        lm_sum, n_tok, logit = score_replies(model, [p for p in personas for _ in range(K)],
+                                             [h for h in histories for _ in range(K)], reply_ids=flat)
+    else:
+        beams = _beam_search(model, b, copy.deepcopy(cache), K, max_new_tokens, block_ngram)
+        lm_sum, n_tok, logit = score_on_context(model, b, cache, [r for bs in beams for r in bs])
+    lm_norm = (lm_sum / n_tok.clamp(min=1)).view(-1, K)  # (B, K)
+    nup = None if logit is None else F.logsigmoid(logit).view(-1, K)
+    best = eq3_scores(lm_norm, nup, alpha).argmax(-1).tolist()
+    return [{"reply": _decode(model, bs[best[i]]), "beams": [_decode(model, r) for r in bs],
+             "lm_norm": lm_norm[i].tolist(), "nup_logp": None if nup is None else nup[i].tolist(), "chosen": best[i]}
+            for i, bs in enumerate(beams)]
 
 
 def sampling_log_probs(logits: torch.Tensor, temperature: float, top_k: int, banned: Sequence[int],

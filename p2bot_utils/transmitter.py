@@ -239,18 +239,23 @@ class Transmitter(nn.Module):
         B, BC = input_ids.shape[0], candidates["input_ids"].shape[0]
         if BC % B:
             raise ValueError(f"transmitter: {BC} candidate rows do not split evenly over {B} contexts")
-        C = BC // B
         h_ctx, cache = self.hidden(input_ids, attention_mask, position_ids, use_cache=True)  # (B, Tc, H)
+        return self.candidates_on_cache(h_ctx[:, -1:], cache, attention_mask, position_ids, candidates)
+
+    def candidates_on_cache(self, h_last, cache, attention_mask, position_ids, candidates: dict) -> dict:
+        """The packed-candidates half of ``forward(..., candidates=...)`` from a context already run: its KV
+        ``cache`` (consumed) and ``h_last`` (B, 1, H), the hidden state of its final ``<self>``."""
+        B, C = h_last.shape[0], candidates["input_ids"].shape[0] // h_last.shape[0]
         pk = pack_rows(candidates["input_ids"], candidates["attention_mask"], C, candidates.get("labels"))
         if position_ids is None:
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         pos = position_ids[:, -1:] + 1 + pk["offsets"]  # (B, Tp): every reply starts right after <self>
-        mask = packed_attention_mask(attention_mask, pk["segment"], h_ctx.dtype)
+        mask = packed_attention_mask(attention_mask, pk["segment"], h_last.dtype)
         h, _ = self.hidden(pk["input_ids"], mask, pos, cache)  # (B, Tp, H)
         out = {}
         if "labels" in pk:
-            prev = torch.cat([h_ctx[:, -1:], h[:, :-1]], 1)  # (B, Tp, H): what predicts each token ...
-            pred = torch.where((pk["offsets"] == 0)[..., None], h_ctx[:, -1:].expand_as(h), prev)  # ... <self> first
+            prev = torch.cat([h_last, h[:, :-1]], 1)  # (B, Tp, H): what predicts each token ...
+            pred = torch.where((pk["offsets"] == 0)[..., None], h_last.expand_as(h), prev)  # ... <self> first
             sel = pk["labels"] != -100
             out["lm_logits"] = self.lm_logits(pred[sel]).float()
             out["lm_targets"] = pk["labels"][sel]

@@ -2,11 +2,13 @@
 
 Ranking shares each turn's context among its 20 candidates: the context runs ONCE and the 20 candidates run
 as ONE packed row on its KV cache, each seeing only the context and itself (``rank_candidates``); ``rank_candidates_per_pair``
-is the plain one-forward-per-pair reference (same numbers, used by tests and the benchmark).
+is the plain one-forward-per-pair reference (same numbers, used by tests and the benchmark). ``evaluate_transmitter``
+goes one step further: the same context pass also feeds the beam search of the turn's reply.
 ``python -m p2bot_utils evaluate-transmitter`` (``cli``) calls ``evaluate_transmitter``.
 """
 from __future__ import annotations
 
+import copy
 import json
 import random
 from typing import Sequence
@@ -14,10 +16,10 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import trange
+from tqdm.auto import tqdm
 
 from p2bot_utils import metrics
-from p2bot_utils.decoding import generate_replies
+from p2bot_utils.decoding import context_lengths, generate_on_prefill, length_sorted_chunks, prefill_contexts
 from p2bot_utils.episodes import episode_turns
 from p2bot_utils.profile import atomic_write_text, timed_phase
 from p2bot_utils.transmitter import Transmitter, candidate_batch, encode_texts, layout_batch, score_replies
@@ -50,14 +52,23 @@ def rank_candidates(model: Transmitter, personas, histories, candidates, lm_rows
     (last; ``"gold"``, other entries NaN / 0) or none of them (``"none"``: NUP ranking only)."""
     if lm_rows not in ("all", "gold", "none"):
         raise ValueError(f"rank_candidates: lm_rows must be 'all', 'gold' or 'none', got {lm_rows!r}")
-    B, C = len(personas), len(candidates[0])
     if not model.supports_cache:  # a backbone without a KV cache: score each pair in full
         return rank_candidates_per_pair(model, personas, histories, candidates, with_lm=lm_rows != "none")
-    ctx = layout_batch(model, personas, histories, None, side="left")  # (B, Tc), ends with <self>
+    b, cache = prefill_contexts(model, personas, histories)
+    return rank_on_prefill(model, b, cache, candidates, lm_rows)
+
+
+@torch.no_grad()
+def rank_on_prefill(model: Transmitter, b: dict, cache, candidates, lm_rows: str = "gold") -> dict:
+    """``rank_candidates`` for contexts already run by ``decoding.prefill_contexts`` (``b``, and ``cache``:
+    everything before the final ``<self>``, consumed): ``<self>`` runs on the cache, then the packed candidates
+    (``Transmitter.candidates_on_cache``). What lets evaluation run a context once for ranking AND generation."""
+    B, C = len(candidates), len(candidates[0])
+    mask, pos = b["attention_mask"], b["position_ids"]
+    h_last, cache = model.hidden(b["input_ids"][:, -1:], mask, pos[:, -1:], cache)  # (B, 1, H)
     labelled = [lm_rows == "all" or (lm_rows == "gold" and r % C == C - 1) for r in range(B * C)]
-    b = candidate_batch(_candidate_ids(model, candidates), model.ids.pad, labelled if lm_rows != "none" else None)
-    out = model(ctx["input_ids"], ctx["attention_mask"], ctx["position_ids"],
-                candidates={k: v.to(model.device) for k, v in b.items()})
+    cb = candidate_batch(_candidate_ids(model, candidates), model.ids.pad, labelled if lm_rows != "none" else None)
+    out = model.candidates_on_cache(h_last, cache, mask, pos, {k: v.to(model.device) for k, v in cb.items()})
     nup = out["nup_logits"].view(B, C) if model.head is not None else None
     lm_sum = torch.full((B * C,), float("nan"), device=model.device)
     lm_n = torch.zeros(B * C, dtype=torch.long, device=model.device)
@@ -69,7 +80,6 @@ def rank_candidates(model: Transmitter, personas, histories, candidates, lm_rows
     return {"nup": nup, "lm_sum": lm_sum.view(B, C), "lm_n": lm_n.view(B, C)}
 
 
-@torch.no_grad()
 def rank_candidates_per_pair(model: Transmitter, personas, histories, candidates, with_lm: bool = True) -> dict:
     """Reference for ``rank_candidates``: one full forward per (context, candidate) pair (every row's LM, or
     only the NUP logits with ``with_lm=False``)."""
@@ -98,19 +108,50 @@ def _ppl_ci(nll: np.ndarray, n: np.ndarray, seed: int, reps: int = 1000) -> tupl
 
 
 @timed_phase("ranking")
-def _ranking_metrics(model, turns, batch_size, rank_all, seed, show_progress) -> tuple[dict, list]:
-    ranks, nll, ntok = [], [], []
-    for lo in trange(0, len(turns), batch_size, desc="rank", disable=not show_progress, leave=False):
-        chunk = turns[lo:lo + batch_size]
-        cands = [t["candidates"] if rank_all else t["candidates"][-1:] for t in chunk]  # perplexity: gold only
-        r = rank_candidates(model, [t["persona"] for t in chunk], [t["history"] for t in chunk], cands,
-                            lm_rows="all" if rank_all and model.head is None else "gold")  # −Next ranks by LM
+def _rank_chunk(model, b, cache, P, H, cands, lm_rows) -> dict:
+    if cache is None:  # a backbone without a KV cache
+        return rank_candidates_per_pair(model, P, H, cands, with_lm=lm_rows != "none")
+    return rank_on_prefill(model, b, cache, cands, lm_rows)
+
+
+@torch.no_grad()
+def _rank_and_generate(model, turns, n_gen: int, batch_size: int, rank_all: bool, gen_kw: dict,
+                       show_progress: bool) -> tuple[list, list, list, list]:
+    """Per turn: the gold's rank among its candidates (``rank_all``), the gold's summed NLL and token count
+    (perplexity), and for the first ``n_gen`` turns the Eq. 3 reply. Turns go in length-sorted batches
+    (``decoding.length_sorted_chunks``) and each context runs ONCE (``prefill_contexts``): its KV cache feeds
+    the ranking, the beam search and the re-scoring of the beams. Results come back in the turns' order."""
+    P, H = [t["persona"] for t in turns], [t["history"] for t in turns]
+    ranks, nll, ntok, gens = [None] * len(turns), [None] * len(turns), [None] * len(turns), [None] * n_gen
+    lm_rows = "all" if rank_all and model.head is None else "gold"  # −Next ranks by LM likelihood
+    for idx in tqdm(length_sorted_chunks(context_lengths(model, P, H), batch_size), desc="rank + generate",
+                    disable=not show_progress, leave=False):
+        cP, cH = [P[i] for i in idx], [H[i] for i in idx]
+        with timed_phase("ranking"):  # the shared context pass counts as ranking
+            b, cache = prefill_contexts(model, cP, cH)
+        rows = [j for j, i in enumerate(idx) if i < n_gen]
+        keep = copy.deepcopy(cache) if rows and cache is not None else None
+        cands = [turns[i]["candidates"] if rank_all else turns[i]["candidates"][-1:] for i in idx]  # ppl: gold only
+        r = _rank_chunk(model, b, cache, cP, cH, cands, lm_rows)
         scores = _ranking_scores(model, r).cpu().numpy() if rank_all else None
-        for i, t in enumerate(chunk):
+        for j, i in enumerate(idx):
             if scores is not None:
-                ranks.append(metrics.rank_of_gold(scores[i], len(t["candidates"]) - 1))
-            nll.append(-float(r["lm_sum"][i, -1]))
-            ntok.append(int(r["lm_n"][i, -1]))
+                ranks[i] = metrics.rank_of_gold(scores[j], len(turns[i]["candidates"]) - 1)
+            nll[i], ntok[i] = -float(r["lm_sum"][j, -1]), int(r["lm_n"][j, -1])
+        if not rows:
+            continue
+        if len(rows) < len(idx):  # only some of this batch are generation turns
+            sel = torch.tensor(rows, device=b["input_ids"].device)
+            b = {k: v[sel] for k, v in b.items()}
+            if keep is not None:
+                keep.batch_select_indices(sel)
+        got = generate_on_prefill(model, b, keep, [cP[j] for j in rows], [cH[j] for j in rows], **gen_kw)
+        for j, o in zip(rows, got):
+            gens[idx[j]] = o
+    return [x for x in ranks if x is not None], nll, ntok, gens
+
+
+def _ranking_metrics(ranks, nll, ntok, seed) -> dict:
     nll_a, n_a = np.array(nll), np.array(ntok)
     out = {"ppl": metrics.perplexity(nll_a.sum(), int(n_a.sum())), "ppl_ci95": _ppl_ci(nll_a, n_a, seed),
            "n_reply_tokens": int(n_a.sum())}
@@ -118,12 +159,10 @@ def _ranking_metrics(model, turns, batch_size, rank_all, seed, show_progress) ->
         h1 = [float(x == 1) for x in ranks]
         out.update(dict(zip(("hits@1", "hits@1_se"), metrics.mean_and_stderr(h1))))
         out.update(dict(zip(("mrr", "mrr_se"), metrics.mean_and_stderr([1.0 / x for x in ranks]))))
-    return out, ranks
+    return out
 
 
-def _generation_metrics(model, turns, gen_kw, jsonl_path) -> dict:
-    outs = generate_replies(model, [t["persona"] for t in turns], [t["history"] for t in turns],
-                            return_beams=True, **gen_kw)
+def _generation_metrics(turns, outs, jsonl_path) -> dict:
     f1 = [metrics.f1_score(o["reply"], [t["reply"]]) for o, t in zip(outs, turns)]
     bleu = [metrics.bleu_score(o["reply"], [t["reply"]]) for o, t in zip(outs, turns)]
     if jsonl_path:
@@ -146,7 +185,9 @@ def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = N
     reply per BPE token (reply tokens + <clf>), F1 / BLEU of the Eq. 3 beam-search reply on the first
     ``gen_turns`` of the (seeded, ``max_turns``) turn sample. Every mean comes with a standard error
     (``*_se``), perplexity with a bootstrap 95% CI; ``n_turns`` / ``n_gen_turns`` say how many turns;
-    ``per_turn_rank`` / ``per_turn_f1`` keep the per-turn values for paired comparisons (``paired_difference``)."""
+    ``per_turn_rank`` / ``per_turn_f1`` keep the per-turn values for paired comparisons (``paired_difference``).
+    Each context runs once for its ranking and its reply, in batches of ``batch_size`` turns (at least
+    ``gen_batch_size`` when generating; ``_rank_and_generate``)."""
     turns = select_turns(episodes, max_turns, seed)
     if not turns or (rank and any(len(t["candidates"]) < 2 for t in turns)):
         raise ValueError("evaluate_transmitter: episodes need turns with >= 2 candidates (gold last)")
@@ -155,15 +196,15 @@ def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = N
            "ranking": ("nup" if model.head is not None else "lm_likelihood") if rank else None,
            "tokenizer": getattr(model.lm.config, "p2bot_tokenizer", model.config.backbone),
            "backbone": model.config.backbone, "variant": _variant_name(model)}
-    rank_out, ranks = _ranking_metrics(model, turns, batch_size, rank, seed, show_progress)
-    out.update(rank_out)
+    n_gen = (min(gen_turns, len(turns)) if gen_turns else len(turns)) if generate else 0
+    gen_kw = dict(num_beams=num_beams, max_new_tokens=max_new_tokens, alpha=alpha, block_ngram=block_ngram)
+    ranks, nll, ntok, gens = _rank_and_generate(model, turns, n_gen, max(batch_size, gen_batch_size) if n_gen
+                                                else batch_size, rank, gen_kw, show_progress)
+    out.update(_ranking_metrics(ranks, nll, ntok, seed))
     if ranks:
         out["per_turn_rank"] = [int(x) for x in ranks]
     if generate:
-        g = turns[:gen_turns] if gen_turns else turns
-        out.update(_generation_metrics(model, g, dict(num_beams=num_beams, max_new_tokens=max_new_tokens,
-                                                      alpha=alpha, batch_size=gen_batch_size, block_ngram=block_ngram,
-                                                      show_progress=show_progress), jsonl_path))
+        out.update(_generation_metrics(turns[:n_gen], gens, jsonl_path))
         out["block_ngram"] = block_ngram
     return out
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import os
 
 import pytest
@@ -12,7 +13,9 @@ from p2bot_utils.data import Episode, Turn
 from p2bot_utils.decoding import generate_replies, sample_replies, sequence_log_probs
 from p2bot_utils.transmitter import (SpecialIds, Transmitter, build_inputs, eq3_scores, layout_batch,
                                      lm_log_likelihood, nup_log_prob)
-from p2bot_utils.transmitter_eval import evaluate_transmitter, rank_candidates, rank_candidates_per_pair
+from p2bot_utils.metrics import f1_score, rank_of_gold
+from p2bot_utils.transmitter_eval import (evaluate_transmitter, rank_candidates, rank_candidates_per_pair,
+                                          select_turns)
 from p2bot_utils.transmitter_train import (TransmitterCollator, TransmitterLoss, build_transmitter,
                                            make_examples)
 
@@ -412,6 +415,31 @@ def test_evaluate_reports_counts_and_errors(tiny, tmp_path):
     assert sum(res["per_turn_f1"]) / 2 == pytest.approx(res["f1"])
     with pytest.raises(ValueError, match="candidates"):
         evaluate_transmitter(tiny, [_episode("n", ["p"], ["r"])], show_progress=False)
+
+
+@pytest.mark.parametrize("name", ["tiny", "gpt1"])
+def test_evaluation_sharing_each_context_gives_the_numbers_of_separate_ranking_and_generation(name, request):
+    """evaluate_transmitter runs a context once for its ranking AND its reply, in length-sorted batches where
+    only some rows generate: per turn, the rank, the gold's likelihood and the reply must be those of the
+    plain references (one forward per (context, candidate) pair; one reply at a time), in the turns' order."""
+    model = request.getfixturevalue(name)
+    cands = ("x y", "z", "w v u")
+    eps = [Episode(str(i), (f"persona {i}", "i like tea ."), (),
+                   tuple(Turn(" ".join(["word"] * (1 + (3 * i + k) % 5)), f"reply {i} {k}", (*cands, f"reply {i} {k}"))
+                         for k in range(3)), "sampled") for i in range(3)]
+    res = evaluate_transmitter(model, eps, seed=0, gen_turns=5, batch_size=2, gen_batch_size=2, max_new_tokens=4,
+                               show_progress=False)
+    turns = select_turns(eps)
+    nll, ntok = 0.0, 0
+    for k, t in enumerate(turns):
+        with torch.no_grad():
+            ref = rank_candidates_per_pair(model, [t["persona"]], [t["history"]], [t["candidates"]])
+        assert res["per_turn_rank"][k] == rank_of_gold(ref["nup"][0].numpy(), len(cands)), k
+        nll, ntok = nll - float(ref["lm_sum"][0, -1]), ntok + int(ref["lm_n"][0, -1])
+    assert res["ppl"] == pytest.approx(math.exp(nll / ntok), rel=1e-4)
+    replies = [generate_replies(model, [t["persona"]], [t["history"]], max_new_tokens=4, batch_size=1)[0]
+               for t in turns[:5]]
+    assert res["per_turn_f1"] == pytest.approx([f1_score(r, [t["reply"]]) for r, t in zip(replies, turns)])
 
 
 @pytest.mark.skipif(not os.environ.get("P2BOT_DATA_DIR"), reason="P2BOT_DATA_DIR not set (real data)")
