@@ -5,7 +5,8 @@
 - ``rank_of_gold``, ``hits_at_k``, ``mrr``: ranking metrics over candidate scores (Hits@1 of 20
   candidates, Table 1; Hits@1 and MRR of 32 candidate personas, Table 5). Ranks are 1-based.
 - ``perplexity``: exp of the mean negative log-likelihood per token.
-- ``mean_and_stderr``, ``bootstrap_ci``: uncertainty of a mean over examples.
+- ``mean_and_stderr``, ``bootstrap_ci``: uncertainty of a mean over examples; ``paired_perplexity_difference``:
+  the difference of two systems' corpus perplexities on the same turns, with a paired bootstrap error.
 - ``distinct_n``: diversity of generated utterances (self-play logging).
 
 This module imports nothing of the project (only the standard library, NumPy and NLTK).
@@ -184,3 +185,27 @@ def bootstrap_ci(values: Iterable[float], n: int = 1000, seed: int = 0,
     means = arr[idx].mean(axis=1)  # (n,)
     low, high = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high)
+
+
+def paired_perplexity_difference(nll_a: Sequence[float], n_a: Sequence[int], nll_b: Sequence[float],
+                                 n_b: Sequence[int], reps: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """ppl_a − ppl_b of two systems scored on the SAME turns, and its standard error by a paired bootstrap.
+
+    ``nll_*[i]`` is the summed negative log-likelihood of turn i's gold reply and ``n_*[i]`` its token count.
+    Corpus perplexity, exp(Σ nll / Σ n), is a ratio over turns, not a mean of per-turn values, so the error of
+    the difference comes from resampling turns (the same draw for both systems, which keeps the pairing):
+    the standard deviation (ddof=1) of the ``reps`` resampled differences, drawn by
+    ``numpy.random.default_rng(seed)``."""
+    arrs = [np.asarray(list(x), dtype=np.float64).reshape(-1) for x in (nll_a, n_a, nll_b, n_b)]
+    if len({a.size for a in arrs}) != 1 or arrs[0].size == 0:
+        raise ValueError(f"metrics.paired_perplexity_difference: need four equally long, non-empty lists, got "
+                         f"lengths {[a.size for a in arrs]}")
+    if reps < 2:
+        raise ValueError(f"metrics.paired_perplexity_difference: reps must be >= 2, got {reps}")
+    la, ca, lb, cb = arrs
+    if (ca <= 0).any() or (cb <= 0).any():
+        raise ValueError("metrics.paired_perplexity_difference: every turn needs a token count > 0")
+    diff = perplexity(la.sum(), int(ca.sum())) - perplexity(lb.sum(), int(cb.sum()))
+    idx = np.random.default_rng(seed).integers(0, la.size, size=(reps, la.size))  # (reps, N)
+    boot = np.exp(la[idx].sum(1) / ca[idx].sum(1)) - np.exp(lb[idx].sum(1) / cb[idx].sum(1))  # (reps,)
+    return float(diff), float(boot.std(ddof=1))

@@ -82,6 +82,9 @@ def _train(learner, user, models, persona_pool, openings, config, optimizer, ckp
             save_checkpoint(ckpt, learner, optimizer, state={"step": step + 1, "log": log, "config": asdict(config)})
         if stop_after_steps is not None and done >= stop_after_steps:
             break
+    if hasattr(learner, "training_budget"):  # saved with the policy: Tables 1 / 3 print it beside the model
+        learner.training_budget = {**learner.training_budget, "selfplay_updates": start + done,
+                                   "selfplay_dialogues_per_update": config.batch_size}
     return SelfPlayResult(steps=start + done, log=log)
 
 

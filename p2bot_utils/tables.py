@@ -11,7 +11,8 @@ A *measured record* is one evaluation of one system on one persona variant::
 Hits@1, MRR, F1 and BLEU are fractions in [0, 1] in a record and are shown ×100 in the tables, as the paper
 does (its BLEU column, e.g. 0.56, is ParlAI's sentence BLEU ×100). Several records of one system and persona
 variant with different seeds are shown as mean ± std over the seeds. Cited values are carried exactly as
-printed in the paper, never rescaled. Of the project it imports only ``profile`` (where each model lives).
+printed in the paper, never rescaled. Of the project it imports only ``profile`` (where each model lives) and
+``metrics`` (the paired perplexity error).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from p2bot_utils.metrics import paired_perplexity_difference
 from p2bot_utils.profile import model_folder
 
 PAPER = "Liu et al. (2020)"
@@ -162,6 +164,21 @@ def relative_change(value: float | None, base: float | None) -> float:
 def fmt_change(change: float) -> str:
     """"+5.2%" / "-4.7%" / "0.0%"; "–" for NaN."""
     return DASH if math.isnan(change) else f"{change:+.1f}%".replace("+0.0%", "0.0%").replace("-0.0%", "0.0%")
+
+
+def budget_text(training: dict | None) -> str:
+    """A saved model's ``training_budget`` (``Transmitter.training_budget``, ``training.json``) in words, for
+    the model column of Tables 1 / 3, so that variants trained for different budgets are never compared
+    silently: ``{"optimizer_steps": 100}`` -> "100 optimizer steps"; with ``selfplay_updates`` 10 and
+    ``selfplay_dialogues_per_update`` 4 -> "100 optimizer steps + 10 self-play updates of 4 dialogues"."""
+    training = training or {}
+    parts = []
+    if training.get("optimizer_steps") is not None:
+        parts.append(f"{int(training['optimizer_steps'])} optimizer steps")
+    if training.get("selfplay_updates") is not None:
+        per = training.get("selfplay_dialogues_per_update")
+        parts.append(f"{int(training['selfplay_updates'])} self-play updates" + (f" of {int(per)} dialogues" if per else ""))
+    return " + ".join(parts) if parts else "training budget not recorded"
 
 
 # --- Table 1 -------------------------------------------------------------------------------------------
@@ -321,11 +338,17 @@ PAIRED_COMPARISONS = (  # (a, b, persona variants): the table reports a − b
 PAIRED_METRICS = {"hits@1": "per_turn_rank", "f1": "per_turn_f1"}
 
 
-def build_paired(evaluations: Iterable[dict], comparisons=PAIRED_COMPARISONS) -> pd.DataFrame:
-    """Paired differences a − b of Hits@1 and F1 (percentage points) over the SAME test turns, with the
-    standard error of the per-turn difference and whether it lies beyond 2 SE (a difference worth the name).
-    ``evaluations``: notebook 04's raw results (``systems``, ``personas``, ``per_turn_rank`` / ``per_turn_f1``).
-    Perplexity is a corpus ratio, not a per-turn mean: its bootstrap interval is in Table 1 / 3 instead."""
+def _paired_row(a: str, b: str, personas: str, metric: str, n: int, diff: float, se: float) -> dict:
+    return {"comparison": f"{a} − {b}", "personas": personas, "metric": LABELS[metric], "n turns": n,
+            "difference": round(diff, 2), "SE": round(se, 2), "beyond 2 SE": bool(abs(diff) > 2 * se)}
+
+
+def build_paired(evaluations: Iterable[dict], comparisons=PAIRED_COMPARISONS, seed: int = 0) -> pd.DataFrame:
+    """Paired differences a − b over the SAME test turns, with their standard error and whether they lie beyond
+    2 SE (a difference worth the name): Hits@1 and F1 in percentage points (SE of the per-turn difference), and
+    perplexity, a corpus ratio rather than a per-turn mean, as ppl_a − ppl_b with a paired bootstrap SE over
+    turns (``metrics.paired_perplexity_difference``, seeded by ``seed``). ``evaluations``: notebook 04's raw
+    results (``systems``, ``personas``, ``per_turn_rank`` / ``per_turn_f1`` / ``per_turn_nll`` + ``per_turn_ntok``)."""
     by = {(name, e["personas"]): e for e in evaluations for name in e["systems"]}
     rows = []
     for a, b, variants in comparisons:
@@ -343,8 +366,14 @@ def build_paired(evaluations: Iterable[dict], comparisons=PAIRED_COMPARISONS) ->
                     xa, xb = [float(r == 1) for r in xa], [float(r == 1) for r in xb]
                 d = 100.0 * (np.asarray(xa, dtype=float) - np.asarray(xb, dtype=float))
                 se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else float("nan")
-                rows.append({"comparison": f"{a} − {b}", "personas": personas, "metric": LABELS[metric],
-                             "n turns": len(d), "difference": round(float(d.mean()), 2), "SE": round(se, 2),
-                             "beyond 2 SE": bool(abs(d.mean()) > 2 * se)})
+                rows.append(_paired_row(a, b, personas, metric, len(d), float(d.mean()), se))
+            ea, eb = by[(a, personas)], by[(b, personas)]
+            if ea.get("per_turn_nll") and eb.get("per_turn_nll"):
+                if len(ea["per_turn_nll"]) != len(eb["per_turn_nll"]):
+                    raise ValueError(f"tables.build_paired: {a} and {b} ({personas}) were scored on different "
+                                     f"turns ({len(ea['per_turn_nll'])} vs {len(eb['per_turn_nll'])})")
+                diff, se = paired_perplexity_difference(ea["per_turn_nll"], ea["per_turn_ntok"],
+                                                        eb["per_turn_nll"], eb["per_turn_ntok"], seed=seed)
+                rows.append(_paired_row(a, b, personas, "ppl", len(ea["per_turn_nll"]), diff, se))
     return pd.DataFrame(rows, columns=["comparison", "personas", "metric", "n turns", "difference", "SE",
                                        "beyond 2 SE"])

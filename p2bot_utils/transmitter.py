@@ -32,7 +32,7 @@ from p2bot_utils.packing import pack_rows, packed_attention_mask
 from p2bot_utils.profile import staged_dir
 
 SPECIAL_TOKENS = {"persona": "<persona>", "self": "<self>", "partner": "<partner>", "clf": "<clf>"}
-HEAD_FILE, CONFIG_FILE = "nup_head.safetensors", "transmitter_config.json"
+HEAD_FILE, CONFIG_FILE, TRAINING_FILE = "nup_head.safetensors", "transmitter_config.json", "training.json"
 
 
 @dataclass(frozen=True)
@@ -134,6 +134,7 @@ class Transmitter(nn.Module):
     def __init__(self, lm, tokenizer, config: TransmitterConfig):
         super().__init__()
         self.lm, self.tokenizer, self.config = with_kv_cache(lm), tokenizer, config  # openai-gpt: a KV cache
+        self.training_budget: dict = {}  # how it was trained (optimizer steps, self-play updates): training.json
         hidden = lm.config.get_text_config().hidden_size
         self.head = nn.Sequential(nn.Dropout(config.head_dropout), nn.Linear(hidden, 1)) \
             if config.use_nup_head else None
@@ -267,7 +268,8 @@ class Transmitter(nn.Module):
 
     # --- one folder: backbone + tokenizer + head + layout settings (safetensors, no pickles) ---
     def save_pretrained(self, out_dir) -> Path:
-        """Write the folder whole (``profile.staged_dir``: a kill never leaves a half model that looks whole)."""
+        """Write the folder whole (``profile.staged_dir``: a kill never leaves a half model that looks whole),
+        with ``training_budget`` as ``training.json`` when set (Tables 1 / 3 print it beside the model)."""
         with staged_dir(out_dir) as tmp:
             self.lm.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -275,6 +277,8 @@ class Transmitter(nn.Module):
                 save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                           str(tmp / HEAD_FILE))
             (tmp / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2) + "\n", encoding="utf-8")
+            if self.training_budget:
+                (tmp / TRAINING_FILE).write_text(json.dumps(self.training_budget, indent=2) + "\n", encoding="utf-8")
         return Path(out_dir)
 
     @classmethod
@@ -290,6 +294,8 @@ class Transmitter(nn.Module):
             model = cls(lm, AutoTokenizer.from_pretrained(d), config)
             if model.head is not None:
                 model.head.load_state_dict(load_file(str(d / HEAD_FILE)))
+            if (d / TRAINING_FILE).is_file():
+                model.training_budget = dict(json.loads((d / TRAINING_FILE).read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError, RuntimeError, SafetensorError) as e:
             raise CheckpointError(f"{d}: damaged Transmitter folder ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None

@@ -185,7 +185,8 @@ def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = N
     reply per BPE token (reply tokens + <clf>), F1 / BLEU of the Eq. 3 beam-search reply on the first
     ``gen_turns`` of the (seeded, ``max_turns``) turn sample. Every mean comes with a standard error
     (``*_se``), perplexity with a bootstrap 95% CI; ``n_turns`` / ``n_gen_turns`` say how many turns;
-    ``per_turn_rank`` / ``per_turn_f1`` keep the per-turn values for paired comparisons (``paired_difference``).
+    ``per_turn_rank`` / ``per_turn_f1`` / ``per_turn_nll`` + ``per_turn_ntok`` keep the per-turn values for paired
+    comparisons (``paired_difference``, ``metrics.paired_perplexity_difference``).
     Each context runs once for its ranking and its reply, in batches of ``batch_size`` turns (at least
     ``gen_batch_size`` when generating; ``_rank_and_generate``)."""
     turns = select_turns(episodes, max_turns, seed)
@@ -203,6 +204,7 @@ def evaluate_transmitter(model: Transmitter, episodes, max_turns: int | None = N
     out.update(_ranking_metrics(ranks, nll, ntok, seed))
     if ranks:
         out["per_turn_rank"] = [int(x) for x in ranks]
+    out["per_turn_nll"], out["per_turn_ntok"] = [float(x) for x in nll], [int(x) for x in ntok]  # paired ppl
     if generate:
         out.update(_generation_metrics(turns[:n_gen], gens, jsonl_path))
         out["block_ngram"] = block_ngram

@@ -239,6 +239,7 @@ def train_variant(config: TransmitterTrainConfig, train_episodes: Sequence, vari
     result = train(model, examples, TransmitterCollator.for_model(model), loss, loop,
                    stop_after_steps=stop_after_steps)
     model.eval()
+    model.training_budget = {"optimizer_steps": result.steps}  # saved with it: Tables 1 / 3 print it
     if not result.stopped and _is_main_process():
         model.save_pretrained(paths.transmitter(variant))
     return model, result

@@ -1,6 +1,7 @@
 """Specification of ``p2bot_utils.metrics``: ParlAI's definitions, every number computed by hand."""
 import math
 
+import numpy as np
 import pytest
 
 from p2bot_utils import metrics as M
@@ -183,3 +184,36 @@ def test_bootstrap_ci():
         M.bootstrap_ci(values, alpha=1.5)
     with pytest.raises(ValueError, match="empty"):
         M.bootstrap_ci([])
+
+
+def test_paired_perplexity_difference_hand_example_and_error():
+    # a: turns of 2 tokens with nll 2 and 4 -> exp(6 / 4); b: nll 1 and 3 -> exp(4 / 4)
+    diff, se = M.paired_perplexity_difference([2.0, 4.0], [2, 2], [1.0, 3.0], [2, 2], reps=200, seed=3)
+    assert diff == pytest.approx(math.exp(1.5) - math.e)
+    back, se_back = M.paired_perplexity_difference([1.0, 3.0], [2, 2], [2.0, 4.0], [2, 2], reps=200, seed=3)
+    assert back == pytest.approx(-diff) and se_back == pytest.approx(se)   # the same draws: a symmetric error
+    # identical turns: every resample gives the same corpus ppl, so the difference has no error at all
+    diff, se = M.paired_perplexity_difference([1.0] * 5, [1] * 5, [0.5] * 5, [1] * 5)
+    assert diff == pytest.approx(math.e - math.exp(0.5)) and se == pytest.approx(0.0, abs=1e-12)
+    # one token per turn: ppl = exp(mean nll), and the delta method gives the error of the difference,
+    # sqrt(var(e^mean(x) x_i - e^mean(y) y_i) / N); the bootstrap agrees with it within a few per cent
+    rng = np.random.default_rng(0)
+    x = rng.normal(3.0, 0.5, 400)
+    y = x - 0.2 + rng.normal(0.0, 0.3, 400)   # paired: y follows x turn by turn
+    diff, se = M.paired_perplexity_difference(x, [1] * 400, y, [1] * 400, reps=4000, seed=1)
+    delta = (math.exp(x.mean()) * x - math.exp(y.mean()) * y).std(ddof=1) / math.sqrt(400)
+    assert diff == pytest.approx(math.exp(x.mean()) - math.exp(y.mean()))
+    assert se == pytest.approx(delta, rel=0.08)
+    unpaired = math.sqrt(((math.exp(x.mean()) * x).var(ddof=1) + (math.exp(y.mean()) * y).var(ddof=1)) / 400)
+    assert se < unpaired / 2   # pairing removes the turns' shared difficulty
+
+
+@pytest.mark.parametrize("args, match", [
+    (([1.0, 2.0], [1, 1], [1.0], [1]), "equally long"),
+    (([], [], [], []), "equally long"),
+    (([1.0], [0], [1.0], [1]), "token count"),
+])
+def test_paired_perplexity_difference_refuses_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        M.paired_perplexity_difference(*args)
+

@@ -1,7 +1,6 @@
 """Specification of the persona-probing study (paper Sec. 5.4, Table 5): sides, distractors, metrics, scorers."""
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np

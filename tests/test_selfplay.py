@@ -230,6 +230,9 @@ def test_training_logs_every_step_and_a_resumed_run_ends_where_an_uninterrupted_
     whole, res_whole = run(tmp_path / "a", [None])
     parts, res_parts = run(tmp_path / "b", [1, None])
     assert res_whole.steps == res_parts.steps == 2
+    # saved with the policy: the supervised budget it started from, then the self-play updates
+    assert parts.training_budget == {**models[0].training_budget, "selfplay_updates": 2,
+                                     "selfplay_dialogues_per_update": 2}
     assert _same(_snapshot(whole.lm), _snapshot(parts.lm))
     rows = list(csv.DictReader((tmp_path / "b" / "log.csv").open()))
     assert [int(r["step"]) for r in rows] == [1, 2] and rows[-1]["dialogues"] == "4"

@@ -231,3 +231,28 @@ def test_paired_differences_on_hand_made_turns():
     assert len(t) == 2  # the other comparisons lack a system and are left out
     with pytest.raises(ValueError, match="different turns"):
         tables.build_paired([evals[0], {**evals[1], "per_turn_f1": [0.1, 0.2]}])
+
+
+def test_paired_perplexity_rows():
+    """Per-turn gold NLL and token counts give a ppl row: P²Bot-S (nll 2 and 4 over 2 + 2 tokens, ppl e^1.5)
+    minus the untrained backbone (nll 4 and 8, ppl e^3), with a paired bootstrap SE; turns must match."""
+    evals = [{"systems": ["P²Bot-S"], "personas": "revised", "per_turn_nll": [2.0, 4.0], "per_turn_ntok": [2, 2]},
+             {"systems": [tables.UNTRAINED], "personas": "revised", "per_turn_nll": [4.0, 8.0],
+              "per_turn_ntok": [2, 2]}]
+    t = tables.build_paired(evals, seed=0)
+    row = t.iloc[0]
+    assert len(t) == 1 and row.metric == "ppl" and row["n turns"] == 2
+    assert row.comparison == "P²Bot-S − untrained backbone" and row.personas == "revised"
+    assert row.difference == pytest.approx(round(math.exp(1.5) - math.exp(3.0), 2))
+    assert row.SE > 0 and row.SE == tables.build_paired(evals, seed=0).iloc[0].SE   # seeded
+    with pytest.raises(ValueError, match="different turns"):
+        tables.build_paired([evals[0], {**evals[1], "per_turn_nll": [4.0], "per_turn_ntok": [2]}])
+
+
+def test_budget_text_names_each_models_training():
+    """Tables 1 / 3 print each model's training budget (saved with the model) beside it."""
+    assert tables.budget_text({"optimizer_steps": 100}) == "100 optimizer steps"
+    assert tables.budget_text({"optimizer_steps": 100, "selfplay_updates": 10, "selfplay_dialogues_per_update": 4}) \
+        == "100 optimizer steps + 10 self-play updates of 4 dialogues"
+    assert tables.budget_text({"selfplay_updates": 3}) == "3 self-play updates"
+    assert tables.budget_text({}) == tables.budget_text(None) == "training budget not recorded"

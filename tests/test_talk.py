@@ -4,7 +4,6 @@ stderr with exit code 2 for every bad model folder."""
 from __future__ import annotations
 
 import html
-import json
 import os
 import subprocess
 import sys

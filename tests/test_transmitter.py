@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from p2bot_utils.checkpoints import CheckpointError
 from p2bot_utils.data import Episode, Turn
 from p2bot_utils.decoding import generate_replies, sample_replies, sequence_log_probs
 from p2bot_utils.transmitter import (SpecialIds, Transmitter, build_inputs, eq3_scores, layout_batch,
@@ -245,8 +246,10 @@ def test_a_checkpoint_of_other_nup_settings_is_not_resumed(tmp_path):
     with pytest.raises(ValueError, match="transmitter_nup_distractors=2 but this run has 3"):
         train_variant_({**params, "transmitter_nup_distractors": 3}, eps, "full", paths, tmp_path,
                       show_progress=False)
-    _, resumed = train_variant_(params, eps, "full", paths, tmp_path, show_progress=False)
+    model, resumed = train_variant_(params, eps, "full", paths, tmp_path, show_progress=False)
     assert resumed.resumed_from == 1 and resumed.steps == 2
+    # the budget travels with the saved model (the resumed run counts its steps from the start)
+    assert Transmitter.from_pretrained(paths.transmitter("full")).training_budget == {"optimizer_steps": 2}
     (tmp_path / "transmitter.train" / SETTINGS_FILE).unlink()  # a checkpoint from before the settings were kept
     with pytest.raises(ValueError, match="no variant_settings.json"):
         train_variant_(params, eps, "full", paths, tmp_path, show_progress=False)
@@ -257,6 +260,7 @@ def test_save_load_round_trip_gives_identical_logits(tiny, tmp_path):
     tiny.save_pretrained(tmp_path / "tx")
     back = Transmitter.from_pretrained(tmp_path / "tx")
     assert back.config == tiny.config and back.ids == tiny.ids
+    assert back.training_budget == {} and not (tmp_path / "tx" / "training.json").exists()  # none recorded
     b = layout_batch(tiny, PERSONAS, HISTORIES, REPLIES)
     with torch.no_grad():
         a = tiny(b["input_ids"], b["attention_mask"], b["position_ids"], b["labels"], b["clf_index"])
@@ -271,8 +275,13 @@ def test_no_next_variant_has_no_head(tmp_path):
     assert m.head is None
     with pytest.raises(ValueError, match="no NUP head"):
         nup_log_prob(m, PERSONAS, HISTORIES, REPLIES)
+    m.training_budget = {"optimizer_steps": 7, "selfplay_updates": 2}
     m.save_pretrained(tmp_path / "nn")
-    assert Transmitter.from_pretrained(tmp_path / "nn").head is None
+    back = Transmitter.from_pretrained(tmp_path / "nn")
+    assert back.head is None and back.training_budget == {"optimizer_steps": 7, "selfplay_updates": 2}
+    (tmp_path / "nn" / "training.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(CheckpointError, match="damaged Transmitter folder"):
+        Transmitter.from_pretrained(tmp_path / "nn")
 
 
 # --- decoding ---------------------------------------------------------------------------------------------
@@ -413,6 +422,8 @@ def test_evaluate_reports_counts_and_errors(tiny, tmp_path):
     assert len(res["per_turn_rank"]) == 4 and len(res["per_turn_f1"]) == 2
     assert sum(r == 1 for r in res["per_turn_rank"]) / 4 == pytest.approx(res["hits@1"])
     assert sum(res["per_turn_f1"]) / 2 == pytest.approx(res["f1"])
+    assert len(res["per_turn_nll"]) == len(res["per_turn_ntok"]) == 4   # the corpus ppl, turn by turn
+    assert math.exp(sum(res["per_turn_nll"]) / sum(res["per_turn_ntok"])) == pytest.approx(res["ppl"])
     with pytest.raises(ValueError, match="candidates"):
         evaluate_transmitter(tiny, [_episode("n", ["p"], ["r"])], show_progress=False)
 
