@@ -62,4 +62,11 @@ def test_phase_clock_counts_each_second_once_and_reaches_the_manifest(tmp_path, 
     profile.update_manifest(tmp_path, "03_selfplay_rl", {"profile": "smoke"}, 10.0)
     entry = json.loads((tmp_path / "manifest.json").read_text())["notebooks"]["03_selfplay_rl"]
     assert entry["phase_seconds"] == {"generation": 3.5, "self-play rollouts": 3.0, "other": 3.5}
+    # the machine names its CPU model and the instruction set torch dispatches to: the same core count on
+    # another CPU model is another machine, and the manifest's times are only comparable on the same one
+    import torch
+
+    assert isinstance(entry["machine"]["cpu"], str) and entry["machine"]["cpu"]
+    assert entry["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert profile.cpu_model() == entry["machine"]["cpu"]
     assert profile.phase_seconds(reset=True) and profile.phase_seconds() == {}
