@@ -302,7 +302,8 @@ def git_commit(root: str | os.PathLike | None = None) -> str:
 
 def cpu_model() -> str:
     """The CPU's name (Linux ``/proc/cpuinfo``, else ``platform.processor()``): the same core count on another CPU
-    model is another machine (the demo's ranking took 633 s on a 2-core Xeon with AVX-512, 1069 s on one with AVX2)."""
+    model is another machine (the demo's ranking took 633 s on 2 cores of a Xeon with AVX-512, 1069 s on 2 cores
+    with AVX2 only)."""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
             if line.lower().startswith("model name") and ":" in line:
