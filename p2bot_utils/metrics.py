@@ -6,7 +6,8 @@
   candidates, Table 1; Hits@1 and MRR of 32 candidate personas, Table 5). Ranks are 1-based.
 - ``perplexity``: exp of the mean negative log-likelihood per token.
 - ``mean_and_stderr``, ``bootstrap_ci``: uncertainty of a mean over examples; ``paired_perplexity_difference``:
-  the difference of two systems' corpus perplexities on the same turns, with a paired bootstrap error.
+  the difference of two systems' corpus perplexities on the same turns, with a paired bootstrap error
+  (``bootstrap_perplexities``: corpus perplexity over resampled turns).
 - ``distinct_n``: diversity of generated utterances (self-play logging).
 
 This module imports nothing of the project (only the standard library, NumPy and NLTK).
@@ -187,6 +188,14 @@ def bootstrap_ci(values: Iterable[float], n: int = 1000, seed: int = 0,
     return float(low), float(high)
 
 
+def bootstrap_perplexities(nll: np.ndarray, n: np.ndarray, reps: int = 1000, seed: int = 0) -> np.ndarray:
+    """Corpus perplexity exp(Σ nll / Σ n) of ``reps`` resamples of the turns (with replacement), (reps,).
+    ``nll[i]``: turn i's summed negative log-likelihood, ``n[i]`` its token count. The draws depend only on
+    ``seed`` and the number of turns, so two systems scored on the same turns are resampled alike (paired)."""
+    idx = np.random.default_rng(seed).integers(0, len(nll), size=(reps, len(nll)))  # (reps, N)
+    return np.exp(nll[idx].sum(1) / n[idx].sum(1))
+
+
 def paired_perplexity_difference(nll_a: Sequence[float], n_a: Sequence[int], nll_b: Sequence[float],
                                  n_b: Sequence[int], reps: int = 1000, seed: int = 0) -> tuple[float, float]:
     """ppl_a − ppl_b of two systems scored on the SAME turns, and its standard error by a paired bootstrap.
@@ -206,6 +215,5 @@ def paired_perplexity_difference(nll_a: Sequence[float], n_a: Sequence[int], nll
     if (ca <= 0).any() or (cb <= 0).any():
         raise ValueError("metrics.paired_perplexity_difference: every turn needs a token count > 0")
     diff = perplexity(la.sum(), int(ca.sum())) - perplexity(lb.sum(), int(cb.sum()))
-    idx = np.random.default_rng(seed).integers(0, la.size, size=(reps, la.size))  # (reps, N)
-    boot = np.exp(la[idx].sum(1) / ca[idx].sum(1)) - np.exp(lb[idx].sum(1) / cb[idx].sum(1))  # (reps,)
+    boot = bootstrap_perplexities(la, ca, reps, seed) - bootstrap_perplexities(lb, cb, reps, seed)  # same draws
     return float(diff), float(boot.std(ddof=1))

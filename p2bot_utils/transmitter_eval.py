@@ -101,9 +101,7 @@ def _ranking_scores(model: Transmitter, r: dict) -> torch.Tensor:
 
 def _ppl_ci(nll: np.ndarray, n: np.ndarray, seed: int, reps: int = 1000) -> tuple[float, float]:
     """Percentile bootstrap 95% CI of corpus perplexity exp(sum nll / sum n), resampling turns."""
-    idx = np.random.default_rng(seed).integers(0, len(nll), size=(reps, len(nll)))  # (reps, N)
-    ppl = np.exp(nll[idx].sum(1) / n[idx].sum(1))
-    lo, hi = np.quantile(ppl, [0.025, 0.975])
+    lo, hi = np.quantile(metrics.bootstrap_perplexities(nll, n, reps, seed), [0.025, 0.975])
     return float(lo), float(hi)
 
 
