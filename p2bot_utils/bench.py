@@ -3,7 +3,10 @@
 Not a test: numbers depend on the machine. Parts: ``transmitter`` (training tokens/s and model FLOP
 utilisation against the measured matmul peak; Hits@1 ranking with a shared context vs per-pair scoring;
 generation batched vs one reply at a time), ``selfplay`` (self-play dialogues/s, rollout + rewards, batched
-with the Receiver's persona cache vs one dialogue at a time). Each part is a function returning a dict;
+with the Receiver's persona cache vs one dialogue at a time), ``linear`` (a linear layer's product with the
+weight transposed, as ``F.linear`` runs it, against a contiguous transposed copy, for 1 to 512 rows: where
+``cpu_linear.RowsLinear`` pays), ``alloc`` (one demo training step before and after
+``cpu_memory.keep_freed_memory``: page faults, system and wall seconds per step). Each part is a function returning a dict;
 ``cli`` parses the arguments and prints it.
 """
 from __future__ import annotations
@@ -14,13 +17,14 @@ from typing import Callable
 
 import torch
 
-from p2bot_utils import selfplay as sp
+from p2bot_utils import cpu_memory, selfplay as sp
 from p2bot_utils.backbones import load_causal_lm
 from p2bot_utils.data import load_split_data
 from p2bot_utils.decoding import context_lengths, generate_replies
 from p2bot_utils.profile import pick_device, set_seed
 from p2bot_utils.receiver import Receiver, ReceiverConfig
 from p2bot_utils.rewards import RewardModels, compute_rewards
+from p2bot_utils.training import adam_impl
 from p2bot_utils.transmitter import Transmitter
 from p2bot_utils.transmitter_eval import rank_candidates, rank_candidates_per_pair, select_turns
 from p2bot_utils.transmitter_train import TransmitterCollator, TransmitterLoss, build_transmitter, make_examples
@@ -70,7 +74,7 @@ def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
     col = dataclasses.replace(TransmitterCollator.for_model(model), shared_context=False)
     loss_fn = TransmitterLoss()
     batch = {k: v.to(model.device) for k, v in col(examples[:batch_size]).items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, **adam_impl(model.parameters()))  # as training runs it
     model.train()
 
     def step():
@@ -93,7 +97,7 @@ def _bench_training_shared(model, examples, batch_size: int, steps: int) -> dict
     loss_fn = TransmitterLoss(nup_loss="softmax")
     batch = {k: v.to(model.device) if hasattr(v, "to") else {kk: vv.to(model.device) for kk, vv in v.items()}
              for k, v in col(examples[:batch_size]).items()}
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, **adam_impl(model.parameters()))  # as training runs it
     model.train()
 
     def step():
@@ -176,6 +180,69 @@ def transmitter(backbone: str = "smollm2-135m", data_dir: str | None = None, max
                       ("gen_fraction_of_peak_batched", "gen_model_flops_per_s_batched"),
                       ("gen_fraction_of_peak_single", "gen_model_flops_per_s_single")):
         res[name] = res[key] / peak
+    return res
+
+
+def linear(in_features: int = 576, out_features: int = 1536, rows: str = "1,2,4,8,16,32,64,128,512",
+           repeats: int = 20, device: str = "auto") -> dict:
+    """GFLOP/s of ``F.linear(x, W)`` (W stored (out, in): the product with W transposed) and of ``x @ W_t``
+    (W_t = W.t().contiguous(), what ``cpu_linear.RowsLinear`` keeps) for each row count of x, no gradient.
+    The defaults are SmolLM2-135M's MLP up-projection (576 -> 1536). Median of ``repeats`` calls."""
+    device = pick_device(device)
+    set_seed(0)
+    w = torch.randn(out_features, in_features, device=device)
+    w_t = w.t().contiguous()
+    res = {"device": _device_name(device), "shape": f"{in_features} -> {out_features}"}
+    for m in (int(r) for r in rows.split(",")):
+        x = torch.randn(m, in_features, device=device)
+        with torch.no_grad():
+            t_lin = sorted(_timed(lambda: torch.nn.functional.linear(x, w)) for _ in range(repeats))[repeats // 2]
+            t_copy = sorted(_timed(lambda: x @ w_t) for _ in range(repeats))[repeats // 2]
+        flops = 2.0 * m * in_features * out_features
+        res[f"rows_{m}_gflops_linear"] = flops / t_lin / 1e9
+        res[f"rows_{m}_gflops_copy"] = flops / t_copy / 1e9
+        res[f"rows_{m}_copy_speedup"] = t_lin / t_copy
+    return res
+
+
+def alloc(backbone: str = "smollm2-135m", data_dir: str | None = None, max_len: int = 128, batch_size: int = 4,
+          steps: int = 4) -> dict:
+    """The demo's training step (``batch_size`` contexts, gold + 7 distractors packed, AdamW as training
+    runs it) on a CPU, ``steps`` times with glibc's default malloc settings and ``steps`` times after
+    ``cpu_memory.keep_freed_memory()``: medians of page faults, system CPU seconds and wall seconds per step.
+    Run it in a fresh process (anything that called ``pick_device("cpu")`` before has applied the settings)."""
+    import resource
+
+    if cpu_memory.is_applied():
+        raise RuntimeError("bench alloc: the malloc settings are already in force in this process; run it alone")
+    set_seed(0)
+    data = load_split_data(data_dir, download=False)
+    model = build_transmitter(backbone, "full", max_len).train()
+    examples = make_examples(model.tokenizer, data.train, seed=0, n_distractors=7)
+    batch = TransmitterCollator.for_model(model)(examples[:batch_size])
+    loss_fn = TransmitterLoss(nup_loss="softmax")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, **adam_impl(model.parameters()))
+
+    def measured() -> list[float]:
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        loss_fn(model, batch, 0.0)["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        return [r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime, time.perf_counter() - t0]
+
+    def medians() -> list[float]:
+        for _ in range(3):  # warm-up; after the switch the heap takes a few steps to grow to the step's peak
+            measured()
+        rows = [measured() for _ in range(steps)]
+        return [sorted(col)[len(col) // 2] for col in zip(*rows)]
+
+    before = medians()
+    applied = cpu_memory.keep_freed_memory()
+    after = medians()
+    res = {"device": _device_name("cpu"), "backbone": backbone, "data_source": data.source, "applied": applied}
+    for name, b, a in zip(("page_faults", "sys_seconds", "wall_seconds"), before, after):
+        res[f"{name}_per_step_default"], res[f"{name}_per_step_kept"] = float(b), float(a)
     return res
 
 

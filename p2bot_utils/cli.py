@@ -115,9 +115,10 @@ def human_eval(argv: Sequence[str]) -> int:
 
 # --- benchmarks --------------------------------------------------------------------------------------------
 def bench(argv: Sequence[str]) -> int:
-    """``bench transmitter|selfplay [ARGS]``: speed measured side by side in one run (``bench`` module)."""
+    """``bench transmitter|selfplay|linear|alloc [ARGS]``: speed measured side by side in one run (``bench`` module)."""
     argv = list(argv)
-    parts = {"transmitter": _bench_transmitter_args, "selfplay": _bench_selfplay_args}
+    parts = {"transmitter": _bench_transmitter_args, "selfplay": _bench_selfplay_args, "linear": _bench_linear_args,
+             "alloc": _bench_alloc_args}
     if not argv or argv[0] not in parts:
         print(f"usage: python -m p2bot_utils bench {{{'|'.join(parts)}}} [ARGS]", file=sys.stderr)
         return 2
@@ -143,6 +144,22 @@ def _bench_transmitter_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32, help="reply cap (demo and paper: 32)")
     ap.add_argument("--rank-batch-size", type=int, default=8, help="turns per ranking batch (demo: 8)")
     ap.add_argument("--device", default="auto")
+
+
+def _bench_linear_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--in-features", type=int, default=576, help="the weight's input size (SmolLM2-135M: 576)")
+    ap.add_argument("--out-features", type=int, default=1536, help="its output size (SmolLM2-135M's MLP: 1536)")
+    ap.add_argument("--rows", default="1,2,4,8,16,32,64,128,512", help="row counts of x, comma-separated")
+    ap.add_argument("--repeats", type=int, default=20)
+    ap.add_argument("--device", default="auto")
+
+
+def _bench_alloc_args(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--backbone", default="smollm2-135m", help="tiny-gpt2 | smollm2-135m | hub id | folder")
+    ap.add_argument("--data-dir", default=None, help="PERSONA-CHAT folder; none = P2BOT_DATA_DIR, ./data, else the sample")
+    ap.add_argument("--max-len", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=4, help="contexts per step (each with gold + 7 distractors)")
+    ap.add_argument("--steps", type=int, default=4, help="measured steps each way (medians)")
 
 
 def _bench_selfplay_args(ap: argparse.ArgumentParser) -> None:

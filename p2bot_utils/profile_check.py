@@ -19,6 +19,7 @@ PARTS = ("train", "dev", "test", "all")
 RESERVED = {"extends"}  # a profile may name another one it builds on
 CHOICES = {
     "transmitter_mode": MODES, "selfplay_mode": MODES, "transmitter_nup_loss": ("binary", "softmax"), "transmitter_optimizer": ("adamw", "adam"),
+    "transmitter_optimizer_impl": ("fused", "for_loop"),
     "transmitter_scheduler": ("linear", "constant"), "transmitter_mixed_precision": ("no", "bf16", "fp16"),
     "selfplay_user_decoding": ("beam", "greedy"), "selfplay_reward_preset": ("paper", "released_code"),
     "receiver_distractor": ("persona", "combination"), "probe_mrr_pool": ("candidates", "all"),

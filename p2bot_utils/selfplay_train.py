@@ -19,6 +19,7 @@ from p2bot_utils.errors import CheckpointError
 from p2bot_utils.profile import atomic_write_text
 from p2bot_utils.rewards import RewardModels
 from p2bot_utils.selfplay import LOG_FIELDS, SelfPlayConfig, selfplay_step, step_inputs
+from p2bot_utils.training import adam_impl
 
 
 @dataclass
@@ -57,7 +58,8 @@ def train_selfplay(learner, user, models: RewardModels, persona_pool, openings: 
     ``out_dir/checkpoint`` when one is there; ``stop_after_steps`` interrupts (tests, budgets)."""
     models.frozen()
     learner.eval()  # dropout off: the gradient is taken under the very distribution B sampled from
-    optimizer = torch.optim.Adam([p for p in learner.parameters() if p.requires_grad], lr=config.lr)
+    trainable = [p for p in learner.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=config.lr, **adam_impl(trainable))  # fused where PyTorch has it
     ckpt = Path(config.out_dir) / "checkpoint" if config.out_dir else None
     with run_lock(config.out_dir, enabled=bool(config.out_dir)):  # one run per folder
         return _train(learner, user, models, persona_pool, openings, config, optimizer, ckpt, stop_after_steps)

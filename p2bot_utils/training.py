@@ -32,7 +32,7 @@ from p2bot_utils.errors import CheckpointError
 from p2bot_utils.profile import timed_phase
 
 _CHOICES = {"optimizer": ("adamw", "adam"), "scheduler": ("linear", "constant"),
-            "mixed_precision": ("no", "bf16", "fp16")}
+            "mixed_precision": ("no", "bf16", "fp16"), "optimizer_impl": ("fused", "for_loop")}
 # fields that change the arithmetic: a checkpoint written under other values cannot be resumed
 _RESUME_KEYS = ("lr", "num_epochs", "max_steps", "batch_size", "grad_accum", "max_grad_norm", "warmup_steps",
                 "weight_decay", "optimizer", "scheduler", "seed")
@@ -57,6 +57,9 @@ class TrainConfig:
     warmup_steps: int = _f(0, "optimizer steps of linear warmup from 0 to lr")
     weight_decay: float = _f(0.0, "decoupled (adamw) / L2 (adam) weight decay on matrices, never on biases/norms")
     optimizer: str = _f("adamw", "adamw | adam")
+    optimizer_impl: str = _f("fused", "fused: PyTorch's one-kernel Adam(W) on CPU / CUDA (the optimizer step 5x faster "
+                             "on 2 CPU cores) | for_loop: its per-parameter loop. The same update rule; the "
+                             "rounding differs, so the weights drift apart by float error")
     scheduler: str = _f("linear", "linear: decay to 0 at the last step | constant (both after warmup)")
     save_every: int = _f(500, "checkpoint every N optimizer steps (and always at the end); 0 = only at the end")
     log_every: int = _f(10, "write one CSV log row every N optimizer steps (and at the last step)")
@@ -182,7 +185,17 @@ def _build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim
     groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls([g for g in groups if g["params"]], lr=config.lr)
+    return cls([g for g in groups if g["params"]], lr=config.lr, **adam_impl(params, config.optimizer_impl))
+
+
+def adam_impl(params, impl: str = "fused") -> dict:
+    """``torch.optim.Adam(W)`` keywords for ``impl``: ``fused`` where PyTorch has the fused kernel (floating
+    parameters on CPU or CUDA), else its per-parameter loop (``for_loop``, also the fallback)."""
+    if impl not in ("fused", "for_loop"):
+        raise ValueError(f"optimizer_impl={impl!r}: must be one of fused, for_loop")
+    params = list(params)
+    fusable = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return {"fused": True} if impl == "fused" and fusable else {"foreach": False}
 
 
 def _build_scheduler(optimizer, config: TrainConfig, total: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from p2bot_utils import cpu_linear
 from p2bot_utils.episodes import is_silence
 from p2bot_utils.errors import CheckpointError
 from p2bot_utils.lm_likelihood import utterance_log_likelihood
@@ -134,6 +135,7 @@ class Transmitter(nn.Module):
     def __init__(self, lm, tokenizer, config: TransmitterConfig):
         super().__init__()
         self.lm, self.tokenizer, self.config = with_kv_cache(lm), tokenizer, config  # openai-gpt: a KV cache
+        cpu_linear.install(self.lm)  # decoding on a CPU: few-row products with a transposed weight copy (same sums)
         self.training_budget: dict = {}  # how it was trained (optimizer steps, self-play updates): training.json
         hidden = lm.config.get_text_config().hidden_size
         self.head = nn.Sequential(nn.Dropout(config.head_dropout), nn.Linear(hidden, 1)) \

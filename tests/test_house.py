@@ -78,7 +78,8 @@ def test_no_function_level_imports_of_the_project_outside_cli():
 def test_the_bottom_layers_import_nothing_above_them():
     graph = import_graph()
     assert graph["metrics"] == set() and graph["errors"] == set() and graph["episodes"] <= {"errors"}
-    assert graph["profile"] <= {"errors", "profile_check"} and graph["profile_check"] <= {"errors"}
+    assert graph["profile"] <= {"errors", "profile_check", "cpu_memory"} and graph["profile_check"] <= {"errors"}
+    assert graph["cpu_memory"] == set() and graph["cpu_linear"] == set()  # CPU speed helpers: torch / libc only
     data_side = {"episodes", "data_files", "data_split", "data", "sides", "ir"}
     models = {"transmitter", "decoding", "receiver", "backbones", "lm_likelihood", "training", "checkpoints",
               "openai_gpt"}

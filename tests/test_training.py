@@ -16,7 +16,7 @@ from p2bot_utils.checkpoints import (
     save_checkpoint,
     save_state_dict_safetensors,
 )
-from p2bot_utils.training import TrainConfig, train
+from p2bot_utils.training import TrainConfig, adam_impl, train
 
 N_EXAMPLES = 42  # with batch_size 4: 11 micro-batches per epoch, the last one holding 2 examples
 
@@ -279,6 +279,7 @@ def test_a_cpu_trains_in_fp32_when_bf16_is_asked_and_says_so(tmp_path, monkeypat
     ({"optimizer": "sgd"}, r"TrainConfig.optimizer='sgd': must be one of adamw, adam"),
     ({"scheduler": "cosine"}, r"TrainConfig.scheduler='cosine'"),
     ({"mixed_precision": "fp8"}, r"TrainConfig.mixed_precision='fp8'"),
+    ({"optimizer_impl": "foreach"}, r"TrainConfig.optimizer_impl='foreach': must be one of fused, for_loop"),
     ({"num_epochs": 0}, r"TrainConfig.num_epochs=0: must be >= 1 \(or set max_steps > 0\)"),
     ({"max_steps": 0}, r"TrainConfig.max_steps=0"),
     ({"log_every": 0}, r"TrainConfig.log_every=0"),
@@ -300,3 +301,20 @@ def test_config_from_params_reads_prefixed_keys():
         TrainConfig.from_params(params, "receiver_")
     with pytest.raises(TypeError, match="unknown override"):
         TrainConfig.from_params(params, "receiver_", out_dir="r", learning_rate=1)
+
+
+def test_fused_and_for_loop_adamw_take_the_same_steps(tmp_path):
+    """``optimizer_impl`` picks PyTorch's kernel, not the rule: both runs follow the same trajectory to float
+    rounding."""
+    runs = {}
+    for impl in ("fused", "for_loop"):
+        model = make_model()
+        train(model, make_examples(), collate, mse_loss, config(tmp_path, impl, optimizer_impl=impl, weight_decay=0.01))
+        runs[impl] = params_of(model)
+    for k, v in runs["fused"].items():
+        torch.testing.assert_close(v, runs["for_loop"][k], rtol=1e-4, atol=1e-5)
+    assert adam_impl([torch.zeros(2, requires_grad=True)]) == {"fused": True}
+    assert adam_impl([torch.zeros(2, requires_grad=True)], "for_loop") == {"foreach": False}
+    assert adam_impl([torch.zeros(2, dtype=torch.long)]) == {"foreach": False}  # nothing to fuse: the loop
+    with pytest.raises(ValueError, match="optimizer_impl='x': must be one of fused, for_loop"):
+        adam_impl([], "x")
