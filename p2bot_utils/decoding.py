@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LogitsProcessorList
 
+from p2bot_utils.cpu_linear import transposed_copies
 from p2bot_utils.profile import timed_phase
 from p2bot_utils.transmitter import (
     Transmitter,
@@ -113,8 +114,9 @@ def _beam_search(model: Transmitter, b: dict, cache, num_beams: int, max_new_tok
     if cache is not None:  # generate() expands the inputs to B*K rows but not a cache: expand it here
         cache.batch_repeat_interleave(num_beams)
         kw["cache"] = cache
-    gen = model.lm.generate(input_ids=ids, attention_mask=b["attention_mask"], generation_config=cfg,
-                            logits_processor=procs, **kw)
+    with transposed_copies(model.lm):  # few-row products on a CPU (cpu_linear); the weights are fixed here
+        gen = model.lm.generate(input_ids=ids, attention_mask=b["attention_mask"], generation_config=cfg,
+                                logits_processor=procs, **kw)
     new = gen[:, ids.shape[1]:].tolist()  # (B*K, L)
     return [[_split_reply(model, new[i * num_beams + k]) for k in range(num_beams)] for i in range(B)]
 
@@ -240,18 +242,19 @@ def sample_replies(model: Transmitter, personas, histories, max_new_tokens: int 
     pos = b["position_ids"][:, -1:]  # (B, 1)
     done = torch.zeros(len(personas), dtype=torch.bool, device=mask.device)
     toks, lps, banned = [], [], banned_ids(model)
-    for step in range(max_new_tokens):
-        logp = sampling_log_probs(model.lm_logits(h[:, -1]), temperature, top_k, banned,
-                                  torch.full_like(done, step == 0), clf)  # (B, V)
-        tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1).masked_fill(done, pad)  # (B,)
-        toks.append(tok)
-        lps.append(logp.gather(-1, tok[:, None]).squeeze(-1))
-        done = done | (tok == clf)
-        if bool(done.all()):
-            break
-        mask, pos = torch.cat([mask, torch.ones_like(mask[:, :1])], -1), pos + 1
-        ids = torch.cat([ids, tok[:, None]], -1)  # (B, T + step + 1), for backbones without a KV cache
-        h, cache = model.hidden(tok[:, None], mask, pos, cache) if cache is not None else model.hidden(ids, mask)
+    with transposed_copies(model.lm):  # few-row products on a CPU (cpu_linear); the weights are fixed here
+        for step in range(max_new_tokens):
+            logp = sampling_log_probs(model.lm_logits(h[:, -1]), temperature, top_k, banned,
+                                      torch.full_like(done, step == 0), clf)  # (B, V)
+            tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1).masked_fill(done, pad)  # (B,)
+            toks.append(tok)
+            lps.append(logp.gather(-1, tok[:, None]).squeeze(-1))
+            done = done | (tok == clf)
+            if bool(done.all()):
+                break
+            mask, pos = torch.cat([mask, torch.ones_like(mask[:, :1])], -1), pos + 1
+            ids = torch.cat([ids, tok[:, None]], -1)  # (B, T + step + 1), for backbones without a KV cache
+            h, cache = model.hidden(tok[:, None], mask, pos, cache) if cache is not None else model.hidden(ids, mask)
     T, L = torch.stack(toks, 1).tolist(), torch.stack(lps, 1)  # (B, S)
     ids = [_split_reply(model, row) for row in T]
     return SampledReplies([_decode(model, r) for r in ids], ids, [L[i, :len(r)] for i, r in enumerate(ids)])

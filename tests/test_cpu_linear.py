@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from p2bot_utils import cpu_linear
-from p2bot_utils.cpu_linear import RowsLinear, install, uses_copy
+from p2bot_utils.cpu_linear import RowsLinear, install, transposed_copies, uses_copy
 
 
 def _layer(bias: bool = True, seed: int = 0) -> nn.Linear:
@@ -26,17 +26,22 @@ def test_outputs_equal_nn_linear_for_every_row_count(rows, bias):
     layer = _layer(bias)
     x = torch.randn(rows, 24)
     with torch.no_grad():
-        got = layer(x)
-    torch.testing.assert_close(got, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
-    assert ("_weight_t" in layer.__dict__) == (4 <= rows <= 63)  # the copy exists only where it is used
+        outside = layer(x)
+        assert "_weight_t" not in layer.__dict__  # no scope: F.linear, no copy
+        with transposed_copies(layer):
+            got = layer(x)
+            assert ("_weight_t" in layer.__dict__) == (4 <= rows <= 63)  # made only where it is used
+        assert "_weight_t" not in layer.__dict__  # freed with the scope
+    for y in (got, outside):
+        torch.testing.assert_close(y, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
 
 
 def test_batched_3d_input_counts_every_row():
     layer = _layer()
     x = torch.randn(8, 2, 24)  # 8 beams x 2 positions = 16 rows
-    with torch.no_grad():
+    with torch.no_grad(), transposed_copies(layer):
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
-    assert "_weight_t" in layer.__dict__
+        assert "_weight_t" in layer.__dict__
 
 
 def test_when_the_copy_is_used():
@@ -48,30 +53,49 @@ def test_when_the_copy_is_used():
     assert not uses_copy(rows(8))  # gradient on: training keeps F.linear
 
 
-def test_an_in_place_update_of_the_weight_is_never_missed():
-    """An optimizer step changes the weight in place: the next product must use the new values."""
+@pytest.mark.parametrize("impl", [{"fused": True}, {"foreach": False}, {"foreach": True}])
+def test_no_copy_outlives_its_scope_whatever_updates_the_weight(impl):
+    """Self-play decodes, takes an Adam step, decodes again. PyTorch's fused Adam changes the weights in place
+    WITHOUT bumping their version counter (checked below), so a copy cached across steps would be stale: each
+    scope makes its own."""
     layer = _layer()
     x = torch.randn(8, 24)
-    with torch.no_grad():
+    opt = torch.optim.Adam(layer.parameters(), lr=0.1, **impl)
+    with torch.no_grad(), transposed_copies(layer):
         before = layer(x)
-        layer.weight.add_(0.5)  # in place, as Adam's step does
-        after = layer(x)
-        torch.testing.assert_close(after, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(before, after)
-        layer.weight = nn.Parameter(torch.zeros_like(layer.weight))  # a new tensor
-        torch.testing.assert_close(layer(x), layer.bias.expand(8, -1))
-    opt = torch.optim.Adam(layer.parameters(), lr=0.1)
+    version = layer.weight._version
     layer(x).sum().backward()
-    opt.step()  # a real optimizer's in-place update
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+    opt.step()
+    if impl.get("fused"):
+        assert layer.weight._version == version  # why a version-keyed cache would have gone stale
+    with torch.no_grad(), transposed_copies(layer):
+        after = layer(x)
+    torch.testing.assert_close(after, F.linear(x, layer.weight, layer.bias), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(before, after)
+    with torch.no_grad(), transposed_copies(layer):
+        layer.weight = nn.Parameter(torch.zeros_like(layer.weight))  # a new tensor, before the first product
+        torch.testing.assert_close(layer(x), layer.bias.expand(8, -1))
+
+
+def test_nested_scopes_share_the_outer_copies():
+    layer = _layer()
+    x = torch.randn(8, 24)
+    with torch.no_grad(), transposed_copies(layer):
+        layer(x)
+        outer = layer.__dict__["_weight_t"]
+        with transposed_copies(layer):
+            layer(x)
+            assert layer.__dict__["_weight_t"] is outer
+        assert layer.__dict__["_weight_t"] is outer  # the inner scope did not free the outer's copy
+    assert "_weight_t" not in layer.__dict__ and "_scope" not in layer.__dict__
 
 
 def test_training_gradients_are_nn_linears():
     layer, ref = _layer(), nn.Linear(24, 40)
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(8, 24)
-    layer(x).pow(2).sum().backward()
+    with transposed_copies(layer):  # even inside a scope: gradient on, F.linear
+        layer(x).pow(2).sum().backward()
     ref(x).pow(2).sum().backward()
     assert "_weight_t" not in layer.__dict__  # gradient on: no copy made
     torch.testing.assert_close(layer.weight.grad, ref.weight.grad)
@@ -86,15 +110,15 @@ def test_install_changes_the_class_only():
     assert all(type(m) is RowsLinear for m in net.modules() if isinstance(m, nn.Linear))
     assert net.state_dict().keys() == state.keys()
     assert all(torch.equal(net.state_dict()[k], v) for k, v in state.items())
-    with torch.no_grad():
+    with torch.no_grad(), transposed_copies(net):
         net(torch.randn(8, 4))
-        twin = copy.deepcopy(net)
-        twin[0].weight.mul_(2.0)  # the copy's weights change, the original's do not
+        twin = copy.deepcopy(net)  # carries the scope's copies ...
+    with torch.no_grad():
+        twin[0].weight.mul_(2.0)  # ... which its next scope must not reuse
         x = torch.randn(8, 4)
-        torch.testing.assert_close(twin[0](x), F.linear(x, twin[0].weight, twin[0].bias), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(net[0](x), F.linear(x, net[0].weight, net[0].bias), rtol=1e-5, atol=1e-6)
-    cpu_linear.drop_copies(net)
-    assert not any("_weight_t" in m.__dict__ for m in net.modules())
+        with transposed_copies(twin), transposed_copies(net):
+            torch.testing.assert_close(twin[0](x), F.linear(x, twin[0].weight, twin[0].bias), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(net[0](x), F.linear(x, net[0].weight, net[0].bias), rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -123,8 +147,12 @@ def test_a_transmitter_decodes_the_same_replies_with_and_without_the_copies(tiny
     personas = [["i like cats ."], ["i hate rain ."], ["i play the guitar ."]]
     histories = [["hi there"], ["hello ! how are you ?"], ["what do you do ?"]]
     kw = dict(num_beams=2, max_new_tokens=6, alpha=0.1, batch_size=3, return_beams=True)
+    used = []
+    real = cpu_linear.uses_copy
+    monkeypatch.setattr(cpu_linear, "uses_copy", lambda x: used.append(real(x)) or used[-1])
     fast = generate_replies(tiny_llama, personas, histories, **kw)
-    assert any("_weight_t" in m.__dict__ for m in tiny_llama.lm.modules())
+    assert any(used)  # the beam search ran in a scope and used the copies
+    assert not any("_weight_t" in m.__dict__ for m in tiny_llama.lm.modules())  # freed afterwards
     monkeypatch.setattr(cpu_linear, "MIN_ROWS", 10 ** 9)  # F.linear for every product
     plain = generate_replies(tiny_llama, personas, histories, **kw)
     for f, p in zip(fast, plain):
@@ -138,9 +166,9 @@ def test_saved_files_are_unchanged(tiny_llama, tmp_path):
 
     from p2bot_utils.transmitter import Transmitter
 
-    with torch.no_grad():
-        tiny_llama.lm(torch.ones(8, 1, dtype=torch.long))  # make copies: they must not be saved
-    tiny_llama.save_pretrained(tmp_path / "m")
+    with torch.no_grad(), transposed_copies(tiny_llama.lm):
+        tiny_llama.lm(torch.ones(8, 1, dtype=torch.long))  # copies exist while saving: they must not be saved
+        tiny_llama.save_pretrained(tmp_path / "m")
     saved = load_file(tmp_path / "m" / "model.safetensors")
     assert not any("weight_t" in k for k in saved)
     back = Transmitter.from_pretrained(tmp_path / "m")
@@ -157,3 +185,24 @@ def test_bench_linear_reports_both_products():
         assert res[f"rows_{m}_gflops_linear"] > 0 and res[f"rows_{m}_gflops_copy"] > 0
         assert res[f"rows_{m}_copy_speedup"] == pytest.approx(
             res[f"rows_{m}_gflops_copy"] / res[f"rows_{m}_gflops_linear"])
+
+
+def test_sampling_after_a_fused_adam_step_follows_the_updated_policy(tiny_llama):
+    """Self-play's contract (Eq. 5): the log-probs ``sample_replies`` returns are those ``sequence_log_probs``
+    recomputes with gradient, also after an optimizer step. (The version-keyed cache this module first had
+    broke it: fused Adam does not bump the version counter, and B kept sampling from its first weights.)"""
+    from p2bot_utils.decoding import sample_replies, sequence_log_probs
+
+    model = copy.deepcopy(tiny_llama)
+    personas = [["i like cats ."]] * 4 + [["i hate rain ."]] * 4  # 8 rows: the copies are used
+    histories = [["hi there"]] * 8
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.05, fused=True)
+    for step in range(2):
+        g = torch.Generator().manual_seed(step)
+        s = sample_replies(model, personas, histories, max_new_tokens=5, generator=g)
+        lp = sequence_log_probs(model, personas, histories, s.token_ids)
+        for a, b in zip(s.log_probs, lp):
+            torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-4)
+        opt.zero_grad()
+        (-sum(x.sum() for x in lp)).backward()
+        opt.step()
