@@ -90,9 +90,9 @@ def _bench_training(model, examples, batch_size: int, steps: int) -> dict:
             "train_sequences": int(batch["input_ids"].shape[0]), "train_seq_len": int(batch["input_ids"].shape[1])}
 
 
-def _bench_training_shared(model, examples, batch_size: int, steps: int) -> dict:
-    """The demo's layout: each context once, its gold + 7 distractors packed into one row (``packing``).
-    FLOPs counted: 3 × forward over the real tokens (context + every reply), the LM head on the gold only."""
+def _demo_training_step(model, examples, batch_size: int) -> tuple[Callable[[], None], dict]:
+    """One optimizer step of the demo's training (``batch_size`` contexts, each with its gold + distractors
+    packed into one row, softmax NUP loss, AdamW as training runs it) as a function, and its batch."""
     col = TransmitterCollator.for_model(model)
     loss_fn = TransmitterLoss(nup_loss="softmax")
     batch = {k: v.to(model.device) if hasattr(v, "to") else {kk: vv.to(model.device) for kk, vv in v.items()}
@@ -105,6 +105,13 @@ def _bench_training_shared(model, examples, batch_size: int, steps: int) -> dict
         opt.step()
         opt.zero_grad()
 
+    return step, batch
+
+
+def _bench_training_shared(model, examples, batch_size: int, steps: int) -> dict:
+    """The demo's layout: each context once, its gold + 7 distractors packed into one row (``packing``).
+    FLOPs counted: 3 × forward over the real tokens (context + every reply), the LM head on the gold only."""
+    step, batch = _demo_training_step(model, examples, batch_size)
     sec = _timed(step, steps)
     model.eval()
     c = batch["candidates"]
@@ -217,17 +224,13 @@ def alloc(backbone: str = "smollm2-135m", data_dir: str | None = None, max_len: 
         raise RuntimeError("bench alloc: the malloc settings are already in force in this process; run it alone")
     set_seed(0)
     data = load_split_data(data_dir, download=False)
-    model = build_transmitter(backbone, "full", max_len).train()
-    examples = make_examples(model.tokenizer, data.train, seed=0, n_distractors=7)
-    batch = TransmitterCollator.for_model(model)(examples[:batch_size])
-    loss_fn = TransmitterLoss(nup_loss="softmax")
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, **adam_impl(model.parameters()))
+    model = build_transmitter(backbone, "full", max_len)
+    step, _ = _demo_training_step(model, make_examples(model.tokenizer, data.train, seed=0, n_distractors=7),
+                                  batch_size)
 
     def measured() -> list[float]:
         r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-        loss_fn(model, batch, 0.0)["loss"].backward()
-        opt.step()
-        opt.zero_grad()
+        step()
         r1 = resource.getrusage(resource.RUSAGE_SELF)
         return [r1.ru_minflt - r0.ru_minflt, r1.ru_stime - r0.ru_stime, time.perf_counter() - t0]
 
